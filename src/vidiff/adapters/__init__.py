@@ -1,0 +1,6 @@
+"""Backbone adapters: one small class per backbone, all behind the `VideoDenoiser` contract."""
+
+from .base import Conditioning, VideoDenoiser
+from .unet_motion import UNetMotionDenoiser, merge_motion_unet
+
+__all__ = ["Conditioning", "VideoDenoiser", "UNetMotionDenoiser", "merge_motion_unet"]

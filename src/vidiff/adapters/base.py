@@ -1,0 +1,61 @@
+"""The backbone contract the one denoising loop is written against.
+
+Outside an adapter every latent is `(B, C, F, h, w)`. An adapter reshapes inside (frames into the batch for
+a UNet, tokens for a DiT, one frame at a time for an image backbone) and returns the model output in the
+same layout. What that output means (epsilon, v, flow velocity) is the scheduler's business, read from its
+config, so the loop needs nothing else from the adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Conditioning:
+    """Prompt conditioning for one side of classifier-free guidance, batch-first."""
+
+    embeds: Tensor  # (B, L, D) token embeddings
+    pooled: Tensor | None = None  # (B, P) pooled embeddings, for backbones that take them (SD 3)
+
+    @staticmethod
+    def cat(parts: list[Conditioning]) -> Conditioning:
+        """Stack conditionings along the batch, e.g. [uncond, cond] for one batched CFG pass."""
+        out = {}
+        for f in fields(Conditioning):
+            values = [getattr(p, f.name) for p in parts]
+            out[f.name] = None if values[0] is None else torch.cat(values)  # (sum B, ...)
+        return Conditioning(**out)
+
+
+class VideoDenoiser(ABC):
+    """A backbone that predicts the model output for a whole video latent at one timestep."""
+
+    family: str  # latent family: models of one family share a VAE latent space ("sd1", "sd3")
+    latent_channels: int
+    max_frames: int | None  # the frame positional table's length; None when unbounded
+
+    @property
+    @abstractmethod
+    def module(self) -> nn.Module:
+        """The underlying torch module (for dtype, device, `torch.compile` and hooks)."""
+
+    @abstractmethod
+    def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        """latents (B, C, F, h, w), scalar timestep t, cond with batch B -> model output (B, C, F, h, w)."""
+
+    def attention_modules(self) -> dict[str, nn.Module]:
+        """Named attention modules that caches (Pyramid Attention Broadcast) may hook; none by default."""
+        return {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device

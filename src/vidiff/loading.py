@@ -1,0 +1,167 @@
+"""Model specs -> loaded components: diffusers folders, hub ids, and the tiny random smoke model."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNetMotionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .adapters.unet_motion import merge_motion_unet
+from .errors import InvalidArgument, LoadError
+from .motion.animatediff_format import load_motion_adapter
+
+TINY_RANDOM = "tiny-random"
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+SD1_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+UNSUPPORTED_PIPELINES = {
+    "StableDiffusionXLPipeline": "SDXL",
+    "StableDiffusion3Pipeline": "Stable Diffusion 3",
+    "FluxPipeline": "Flux",
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda[:N]' or 'mps', checked against what this machine has."""
+    kind = name.split(":")[0]
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+    }
+    if kind not in available:
+        raise InvalidArgument("--device", f"unknown device {name!r} (choose from cpu, cuda, mps)")
+    if not available[kind]:
+        raise InvalidArgument("--device", f"{kind} is not available on this machine")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """A dtype name valid on `device`: float16 needs a GPU (use bfloat16 on CPU)."""
+    if name not in DTYPES:
+        raise InvalidArgument("--dtype", f"unknown dtype {name!r} (choose from float32, bfloat16, float16)")
+    dtype = DTYPES[name]
+    if dtype == torch.float16 and device.type == "cpu":
+        raise InvalidArgument("--dtype", "float16 is not supported on cpu; use bfloat16")
+    return dtype
+
+
+@dataclass
+class SD1Components:
+    """A Stable Diffusion 1.x model with its motion modules merged into the UNet."""
+
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    unet: UNetMotionModel
+    vae: AutoencoderKL
+    scheduler_config: dict
+    seconds: float  # wall time spent loading
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("VIDIFF_CACHE", Path.home() / ".cache" / "vidiff"))
+
+
+def _tiny_random_folder() -> Path:
+    from .tiny import save_tiny_sd1
+
+    folder = _cache_dir() / TINY_RANDOM
+    if not (folder / "model_index.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tiny-"))
+        save_tiny_sd1(tmp, motion_adapter=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return folder
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    parts = (*SD1_PARTS, "motion_adapter")
+    patterns = ["model_index.json"] + [f"{p}/*.{ext}" for p in parts for ext in ("json", "txt", "safetensors")]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=["*fp16*", "*non_ema*"]))
+    except Exception as e:  # network, auth, missing repo, offline cache miss: all one message
+        raise LoadError(
+            "--model",
+            f"{repo_id!r} is not a local folder and could not be fetched from the hub or its cache ({e})",
+        ) from e
+
+
+def resolve_model_folder(model: str) -> Path:
+    """A local diffusers folder for a model spec (folder path, hub id, or `tiny-random`)."""
+    if model == TINY_RANDOM:
+        return _tiny_random_folder()
+    path = Path(model).expanduser()
+    if path.is_file():
+        raise LoadError("--model", f"{path} is a file; pass a diffusers model folder (single files are not supported)")
+    if path.is_dir():
+        return path
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith((".", "/")):
+        return _download(model)
+    raise LoadError("--model", f"no such folder: {path}")
+
+
+def _check_sd1_folder(folder: Path) -> None:
+    index_path = folder / "model_index.json"
+    if index_path.is_file():
+        family = UNSUPPORTED_PIPELINES.get(json.loads(index_path.read_text()).get("_class_name", ""))
+        if family:
+            raise LoadError("--model", f"{folder} is a {family} model; this backbone needs Stable Diffusion 1.x")
+    missing = [p for p in SD1_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise LoadError(
+            "--model", f"{folder} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)})"
+        )
+
+
+def _from_pretrained(load, path: Path, **kwargs):
+    try:
+        return load(path, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise LoadError("--model", f"cannot load {path} ({str(e).splitlines()[0]})") from e
+
+
+def load_sd1(model: str, motion_module: str | None, dtype: torch.dtype, device: torch.device) -> SD1Components:
+    """Load an SD 1.x folder and merge a motion module (argument, or the folder's own motion_adapter/)."""
+    start = time.perf_counter()
+    folder = resolve_model_folder(model)
+    _check_sd1_folder(folder)
+    tokenizer = _from_pretrained(CLIPTokenizer.from_pretrained, folder / "tokenizer")
+    text_encoder = _from_pretrained(CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
+    vae = _from_pretrained(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
+    scheduler_config = dict(_from_pretrained(DDIMScheduler.load_config, folder / "scheduler"))
+
+    unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
+    if motion_module is None and (folder / "motion_adapter").is_dir():
+        motion_module = str(folder / "motion_adapter")
+    if unet_class == "UNetMotionModel":  # saved by AnimateDiffPipeline: motion modules already inside
+        unet = _from_pretrained(UNetMotionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+        if motion_module is not None:
+            unet.load_motion_modules(load_motion_adapter(motion_module, dtype))
+    else:
+        if motion_module is None:
+            raise LoadError("--motion-module", f"{folder} has no motion module; pass an AnimateDiff motion module")
+        unet2d = _from_pretrained(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+        unet = merge_motion_unet(unet2d, load_motion_adapter(motion_module, dtype))
+
+    for module in (text_encoder, vae, unet):
+        module.to(device).eval().requires_grad_(False)
+    return SD1Components(tokenizer, text_encoder, unet, vae, scheduler_config, time.perf_counter() - start)

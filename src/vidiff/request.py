@@ -1,0 +1,74 @@
+"""GenerationRequest: every generation option in one validated dataclass (CLI and Python API alike)."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+
+from .errors import InvalidArgument
+from .schedules import BETA_SCHEDULES, DEFAULT_SCHEDULER, scheduler_class
+
+SIZE_MULTIPLE = 8  # pixels per latent cell in every supported VAE
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate. Errors name the CLI flag of the field at fault."""
+
+    prompt: str
+    negative_prompt: str = ""
+    frames: int = 16
+    height: int | None = None  # None: the model's native size
+    width: int | None = None
+    steps: int = 25
+    guidance_scale: float = 7.5  # classifier-free guidance is on when > 1, as in diffusers
+    seed: int | None = None  # None: a fresh random seed, recorded in the resolved request
+    scheduler: str = DEFAULT_SCHEDULER
+    beta_schedule: str | None = None  # None: the model folder's own
+    eta: float = 0.0  # DDIM's eta; ignored by other schedulers
+    num_videos: int = 1
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    def validate(self) -> None:
+        """Checks that need no model."""
+        _positive("--frames", self.frames)
+        _positive("--steps", self.steps)
+        _positive("--num-videos", self.num_videos)
+        for flag, value in (("--height", self.height), ("--width", self.width)):
+            if value is not None and (value <= 0 or value % SIZE_MULTIPLE):
+                raise InvalidArgument(flag, f"must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
+        if self.guidance_scale < 0:
+            raise InvalidArgument("--guidance-scale", f"must be >= 0, got {self.guidance_scale}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise InvalidArgument("--eta", f"must be in [0, 1], got {self.eta}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidArgument("--seed", f"must be in [0, 2**63), got {self.seed}")
+        scheduler_class(self.scheduler)
+        if self.beta_schedule is not None and self.beta_schedule not in BETA_SCHEDULES:
+            raise InvalidArgument(
+                "--beta-schedule",
+                f"unknown beta schedule {self.beta_schedule!r} (choose from {', '.join(BETA_SCHEDULES)})",
+            )
+
+    def resolved(self, default_size: int, max_frames: int | None) -> GenerationRequest:
+        """Validated against the model, with size and seed filled in."""
+        self.validate()
+        if max_frames is not None and self.frames > max_frames:
+            raise InvalidArgument(
+                "--frames",
+                f"{self.frames} frames exceed the motion module's positional table of {max_frames}",
+            )
+        return replace(
+            self,
+            height=self.height or default_size,
+            width=self.width or default_size,
+            seed=secrets.randbelow(2**31) if self.seed is None else self.seed,
+        )
+
+
+def _positive(flag: str, value: int) -> None:
+    if value < 1:
+        raise InvalidArgument(flag, f"must be >= 1, got {value}")

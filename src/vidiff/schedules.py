@@ -1,0 +1,74 @@
+"""Scheduler factory: short names (and diffusers class names) -> diffusers schedulers built with `from_config`.
+
+Building from the model folder's own scheduler config means vidiff and diffusers agree on the same folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from .errors import InvalidArgument
+
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddim": DDIMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "dpm++2m": DPMSolverMultistepScheduler,
+    "pndm": PNDMScheduler,
+    "lms": LMSDiscreteScheduler,
+    "ddpm": DDPMScheduler,
+}
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+DEFAULT_SCHEDULER = "ddim"
+
+
+def scheduler_class(name: str) -> type[SchedulerMixin]:
+    """Resolve a short name (`euler-a`) or a diffusers class name (`EulerAncestralDiscreteScheduler`)."""
+    key = name.strip().lower()
+    if key in SCHEDULERS:
+        return SCHEDULERS[key]
+    for cls in SCHEDULERS.values():
+        if cls.__name__.lower() == key:
+            return cls
+    choices = ", ".join(SCHEDULERS)
+    raise InvalidArgument("--scheduler", f"unknown scheduler {name!r} (choose from {choices})")
+
+
+def make_scheduler(name: str, config: dict[str, Any], beta_schedule: str | None = None) -> SchedulerMixin:
+    """Build scheduler `name` from a model folder's scheduler config, optionally overriding its beta schedule."""
+    cls = scheduler_class(name)
+    overrides: dict[str, Any] = {}
+    if beta_schedule is not None:
+        if beta_schedule not in BETA_SCHEDULES:
+            raise InvalidArgument(
+                "--beta-schedule",
+                f"unknown beta schedule {beta_schedule!r} (choose from {', '.join(BETA_SCHEDULES)})",
+            )
+        overrides["beta_schedule"] = beta_schedule
+    return cls.from_config(config, **overrides)
+
+
+def scheduler_name(scheduler: SchedulerMixin) -> str:
+    """The short name of a scheduler instance (its class name if it is not in the table)."""
+    for name, cls in SCHEDULERS.items():
+        if type(scheduler) is cls:
+            return name
+    return type(scheduler).__name__
+
+
+def timesteps_for(scheduler: SchedulerMixin, steps: int, device: torch.device) -> torch.Tensor:
+    """Set `steps` inference steps and return the full, explicit timestep list the loop will walk."""
+    scheduler.set_timesteps(steps, device=device)
+    return scheduler.timesteps  # (steps * order,)

@@ -1,0 +1,124 @@
+"""Tiny randomly initialised SD 1.x + AnimateDiff components, saved in the real folder formats.
+
+Tests build these and load them back through the real loading code; `--model tiny-random` uses them for a
+smoke run. The output of a random model is noise by design.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+TEXT_DIM = 32
+
+
+def byte_level_clip_tokenizer(folder: Path) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over the 256 byte symbols and no merges (514 tokens), built offline."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = list(bytes_to_unicode().values())
+    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
+    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
+
+
+def tiny_unet(cross_attention_dim: int = TEXT_DIM) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+
+
+def tiny_motion_adapter(max_frames: int = 32, mid_block: bool = True) -> MotionAdapter:
+    return MotionAdapter(
+        block_out_channels=(32, 64),
+        motion_layers_per_block=2,
+        motion_num_attention_heads=8,
+        motion_norm_num_groups=32,
+        motion_max_seq_length=max_frames,
+        use_motion_mid_block=mid_block,
+    )
+
+
+def tiny_vae() -> AutoencoderKL:
+    """Four blocks, so pixels -> latents is 8x down, as in Stable Diffusion."""
+    return AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModel(config)
+
+
+def sd1_scheduler() -> DDIMScheduler:
+    """The scheduler config Stable Diffusion 1.5 folders ship (as DDIM)."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def save_tiny_sd1(folder: str | Path, seed: int = 0, motion_adapter: bool = False) -> Path:
+    """Write a tiny SD 1.x diffusers folder (model_index.json + components); optionally a motion_adapter/."""
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tokenizer = byte_level_clip_tokenizer(folder / "tokenizer")
+    tokenizer.save_pretrained(folder / "tokenizer")
+    tiny_text_encoder(len(tokenizer)).save_pretrained(folder / "text_encoder")
+    tiny_unet().save_pretrained(folder / "unet")
+    tiny_vae().save_pretrained(folder / "vae")
+    sd1_scheduler().save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+    }
+    if motion_adapter:
+        tiny_motion_adapter().save_pretrained(folder / "motion_adapter")
+        index["motion_adapter"] = ["diffusers", "MotionAdapter"]
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

@@ -1,0 +1,40 @@
+"""Tiny seeded SD 1.x components saved in the real formats, loaded back through vidiff's loading code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import MotionAdapter
+from safetensors.torch import save_file
+
+from vidiff.motion import to_original_keys
+from vidiff.tiny import save_tiny_sd1, tiny_motion_adapter
+
+
+def save_original(adapter: MotionAdapter, folder: Path, stem: str) -> dict[str, Path]:
+    """Write an adapter in the original AnimateDiff single-file layout, as .ckpt and .safetensors."""
+    state = {k: v.clone().contiguous() for k, v in to_original_keys(adapter.state_dict()).items()}
+    paths = {"ckpt": folder / f"{stem}.ckpt", "safetensors": folder / f"{stem}.safetensors"}
+    torch.save(state, paths["ckpt"])
+    save_file(state, paths["safetensors"])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def sd1_folder(tmp_path_factory) -> Path:
+    return save_tiny_sd1(tmp_path_factory.mktemp("sd1") / "model")
+
+
+@pytest.fixture(scope="session")
+def adapter_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    folder = tmp_path_factory.mktemp("adapter") / "motion_adapter"
+    tiny_motion_adapter().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def original_files(adapter_folder, tmp_path_factory) -> dict[str, Path]:
+    return save_original(MotionAdapter.from_pretrained(adapter_folder), tmp_path_factory.mktemp("original"), "mm_v2")
