@@ -181,7 +181,17 @@ def test_bfloat16_on_cpu(tmp_path, model_args):
 def test_uncached_hub_id_offline_is_one_line(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
-        [sys.executable, "-m", "vidiff", "generate", "x", "--model", "someone/sd15-video", "-o", str(tmp_path / "o.gif")],
+        [
+            sys.executable,
+            "-m",
+            "vidiff",
+            "generate",
+            "x",
+            "--model",
+            "someone/sd15-video",
+            "-o",
+            str(tmp_path / "o.gif"),
+        ],
         capture_output=True,
         text=True,
         env=env,
