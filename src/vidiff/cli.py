@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Sequence
 
+from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .errors import VidiffError
+from .pipeline import MODES
 from .request import GenerationRequest
 from .schedules import DEFAULT_SCHEDULER
+from .train.trainer import STAGES
 
-DEFAULT_MODEL = "tiny-random"
+DEFAULT_MODEL = "demo"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,8 +27,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusers SD 1.x folder or hub id (default: %(default)s)")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="diffusers SD 1.x folder, hub id, or 'demo' (default: %(default)s)"
+    )
     p.add_argument("--motion-module", help="AnimateDiff motion module: MotionAdapter folder or .ckpt/.safetensors")
+    p.add_argument("--mode", default="motion", choices=MODES, help="motion modules, or frame by frame (sequential)")
+    p.add_argument("--frame-noise", type=float, default=DEFAULT_FRAME_NOISE, help="sequential: per-frame noise")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, or float16 on a GPU (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
 
@@ -51,6 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    tr = sub.add_parser("train", help="train an image model or motion modules (AnimateDiff's two stages)")
+    tr.add_argument("stage", choices=STAGES, help="vae, image (UNet + text encoder), or motion")
+    tr.add_argument("--model", required=True, help="SD 1.x folder: trained in place (vae, image) or frozen (motion)")
+    tr.add_argument("--data", default="demo", help="'demo' (synthetic shapes) or a folder of captioned videos")
+    tr.add_argument("--out", help="motion stage: MotionAdapter folder to write (default: MODEL/motion_adapter)")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--lr", type=float, help="default: 1e-3 for vae, 5e-4 otherwise")
+    tr.add_argument("--frames", type=int, default=16)
+    tr.add_argument("--size", type=int, default=64, help="training resolution in pixels")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--checkpoint-every", type=int, default=200)
+    tr.add_argument("--save-dtype", default="float32", help="dtype of the exported weights")
+    tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+
+    ev = sub.add_parser("eval-demo", help="colour / shape / direction accuracy of a model on the demo prompts")
+    _add_model_args(ev)
+    ev.add_argument("--seeds", type=int, default=3, help="clips per combination")
+    ev.add_argument("--modes", default="motion,sequential", help="comma-separated modes to compare")
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--guidance-scale", type=float, default=7.5)
+    ev.add_argument("--scheduler", default=DEFAULT_SCHEDULER)
+    ev.add_argument("--limit", type=int, help="only the first N combinations of each split")
+    ev.add_argument("--json", help="also write the summaries here")
 
     bench = sub.add_parser("bench", help="seconds per step and peak memory, vidiff and diffusers side by side")
     from .bench import add_arguments
@@ -97,9 +130,9 @@ def generate(args: argparse.Namespace) -> None:
         check_output(args.output, args.overwrite)
     resolve_dtype(args.dtype, resolve_device(args.device))
     # 2. Load, then validate the request against the model.
-    if args.model == DEFAULT_MODEL:
-        print("note: no --model given: using a tiny randomly initialised model (its videos are noise)")
-    pipe = VideoPipeline.from_pretrained(args.model, args.motion_module, args.dtype, args.device)
+    pipe = VideoPipeline.from_pretrained(
+        args.model, args.motion_module, args.dtype, args.device, args.mode, args.frame_noise
+    )
     request = pipe.resolve(request)
     output = args.output or _default_output(request.prompt, request.seed)
     print(f"loaded {args.model} in {pipe.timings.load:.1f} s")
@@ -112,12 +145,70 @@ def generate(args: argparse.Namespace) -> None:
     print(f"seed {request.seed} | {pipe.timings.summary()}")
 
 
+def train_stage(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(
+        stage=args.stage,
+        model=Path(args.model),
+        data=args.data,
+        out=Path(args.out) if args.out else None,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        frames=args.frames,
+        size=args.size,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        save_dtype=args.save_dtype,
+        restart=args.restart,
+    )
+    start = time.perf_counter()
+    losses = train(cfg)
+    print(
+        f"{args.stage}: {len(losses)} steps, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, "
+        f"{time.perf_counter() - start:.0f} s this run"
+    )
+
+
+def eval_demo(args: argparse.Namespace) -> None:
+    import json
+
+    from .demo.data import HELD_OUT, SEEN
+    from .demo.evaluate import evaluate, summarize, table
+    from .pipeline import VideoPipeline
+
+    rows = {}
+    for mode in args.modes.split(","):
+        pipe = VideoPipeline.from_pretrained(args.model, args.motion_module, args.dtype, args.device, mode.strip())
+        for split, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
+            results = evaluate(
+                pipe,
+                combos[: args.limit],
+                range(args.seeds),
+                steps=args.steps,
+                guidance_scale=args.guidance_scale,
+                scheduler=args.scheduler,
+            )
+            rows[f"{mode.strip()} / {split}"] = summarize(results)
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
         if args.command == "generate":
             generate(args)
+        elif args.command == "eval-demo":
+            eval_demo(args)
+        elif args.command == "train":
+            train_stage(args)
         elif args.command == "bench":
             from .bench import run
 

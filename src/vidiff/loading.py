@@ -20,6 +20,8 @@ from .errors import InvalidArgument, LoadError
 from .motion.animatediff_format import load_motion_adapter
 
 TINY_RANDOM = "tiny-random"
+DEMO = "demo"
+DEMO_FOLDER = Path(__file__).resolve().parent / "demo" / "tiny-t2v"
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -68,7 +70,7 @@ class SD1Components:
 
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
-    unet: UNetMotionModel
+    unet: UNetMotionModel | UNet2DConditionModel  # the image UNet alone when motion=False
     vae: AutoencoderKL
     scheduler_config: dict
     seconds: float  # wall time spent loading
@@ -109,6 +111,8 @@ def resolve_model_folder(model: str) -> Path:
     """A local diffusers folder for a model spec (folder path, hub id, or `tiny-random`)."""
     if model == TINY_RANDOM:
         return _tiny_random_folder()
+    if model == DEMO:
+        return DEMO_FOLDER
     path = Path(model).expanduser()
     if path.is_file():
         raise LoadError("--model", f"{path} is a file; pass a diffusers model folder (single files are not supported)")
@@ -139,8 +143,13 @@ def _from_pretrained(load, path: Path, **kwargs):
         raise LoadError("--model", f"cannot load {path} ({str(e).splitlines()[0]})") from e
 
 
-def load_sd1(model: str, motion_module: str | None, dtype: torch.dtype, device: torch.device) -> SD1Components:
-    """Load an SD 1.x folder and merge a motion module (argument, or the folder's own motion_adapter/)."""
+def load_sd1(
+    model: str, motion_module: str | None, dtype: torch.dtype, device: torch.device, motion: bool = True
+) -> SD1Components:
+    """Load an SD 1.x folder and merge a motion module (argument, or the folder's own motion_adapter/).
+
+    With `motion=False` the image UNet is returned as it is, for frame-by-frame generation.
+    """
     start = time.perf_counter()
     folder = resolve_model_folder(model)
     _check_sd1_folder(folder)
@@ -152,7 +161,13 @@ def load_sd1(model: str, motion_module: str | None, dtype: torch.dtype, device: 
     unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
     if motion_module is None and (folder / "motion_adapter").is_dir():
         motion_module = str(folder / "motion_adapter")
-    if unet_class == "UNetMotionModel":  # saved by AnimateDiffPipeline: motion modules already inside
+    if not motion:
+        if unet_class == "UNetMotionModel":
+            raise LoadError(
+                "--mode", f"{folder}'s UNet has motion modules built in; sequential mode needs an image UNet"
+            )
+        unet = _from_pretrained(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+    elif unet_class == "UNetMotionModel":  # saved by AnimateDiffPipeline: motion modules already inside
         unet = _from_pretrained(UNetMotionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
         if motion_module is not None:
             unet.load_motion_modules(load_motion_adapter(motion_module, dtype))

@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 from .adapters.base import VideoDenoiser
+from .adapters.image_sequential import DEFAULT_FRAME_NOISE, ImageSequentialDenoiser
 from .adapters.unet_motion import UNetMotionDenoiser
 from .denoise import StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
@@ -22,6 +22,7 @@ from .schedules import make_scheduler, timesteps_for
 from .text import ClipPromptEncoder
 
 OUTPUT_TYPES = ("np", "pil", "latent")
+MODES = ("motion", "sequential")  # all frames denoised together through motion modules | frame by frame
 
 
 @dataclass
@@ -82,16 +83,31 @@ class VideoPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, model: str, motion_module: str | None = None, dtype: str = "float32", device: str = "cpu"
+        cls,
+        model: str,
+        motion_module: str | None = None,
+        dtype: str = "float32",
+        device: str = "cpu",
+        mode: str = "motion",
+        frame_noise: float = DEFAULT_FRAME_NOISE,
     ) -> VideoPipeline:
-        """An SD 1.x folder or hub id plus an AnimateDiff motion module (folder or original single file)."""
+        """An SD 1.x folder or hub id plus an AnimateDiff motion module (folder or original single file).
+
+        `mode="sequential"` uses the image UNet alone: frames from shared noise plus `frame_noise`.
+        """
+        if mode not in MODES:
+            raise InvalidArgument("--mode", f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        parts = load_sd1(model, motion_module, torch_dtype, torch_device)
+        parts = load_sd1(model, motion_module, torch_dtype, torch_device, motion=mode == "motion")
         vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        if mode == "motion":
+            denoiser: VideoDenoiser = UNetMotionDenoiser(parts.unet)
+        else:
+            denoiser = ImageSequentialDenoiser(parts.unet, frame_noise)
         return cls(
             ClipPromptEncoder(parts.tokenizer, parts.text_encoder),
-            UNetMotionDenoiser(parts.unet),
+            denoiser,
             parts.vae,
             parts.scheduler_config,
             default_size=parts.unet.config.sample_size * vae_scale,
@@ -129,7 +145,7 @@ class VideoPipeline:
             request.height // self.vae_scale_factor,
             request.width // self.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.denoiser.dtype)
+        latents = self.denoiser.initial_noise(shape, generator, self.device, self.denoiser.dtype)
         latents = latents * scheduler.init_noise_sigma  # (B, C, F, h, w)
         # 4. The loop.
         start = time.perf_counter()

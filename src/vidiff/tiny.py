@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from .demo.model import write_model_index
 
 TEXT_DIM = 32
 
@@ -106,19 +107,7 @@ def save_tiny_sd1(folder: str | Path, seed: int = 0, motion_adapter: bool = Fals
     tiny_unet().save_pretrained(folder / "unet")
     tiny_vae().save_pretrained(folder / "vae")
     sd1_scheduler().save_pretrained(folder / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-    }
     if motion_adapter:
         tiny_motion_adapter().save_pretrained(folder / "motion_adapter")
-        index["motion_adapter"] = ["diffusers", "MotionAdapter"]
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(folder, motion_adapter)
     return folder

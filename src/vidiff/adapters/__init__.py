@@ -1,6 +1,7 @@
 """Backbone adapters: one small class per backbone, all behind the `VideoDenoiser` contract."""
 
 from .base import Conditioning, VideoDenoiser
+from .image_sequential import ImageSequentialDenoiser
 from .unet_motion import UNetMotionDenoiser, merge_motion_unet
 
-__all__ = ["Conditioning", "VideoDenoiser", "UNetMotionDenoiser", "merge_motion_unet"]
+__all__ = ["Conditioning", "ImageSequentialDenoiser", "VideoDenoiser", "UNetMotionDenoiser", "merge_motion_unet"]

@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 
@@ -43,6 +44,10 @@ class VideoDenoiser(ABC):
     @abstractmethod
     def module(self) -> nn.Module:
         """The underlying torch module (for dtype, device, `torch.compile` and hooks)."""
+
+    def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator, device, dtype) -> Tensor:
+        """Starting noise (B, C, F, h, w) at unit variance: independent per frame unless an adapter says else."""
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype)
 
     @abstractmethod
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:

@@ -1,0 +1,116 @@
+"""Training data: the synthetic moving-shapes clips, or a folder of the user's captioned videos.
+
+Both give batches as (B, F, 3, H, W) float tensors in [-1, 1] with one caption per clip, drawn from a
+numpy Generator the trainer seeds per step, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..demo.data import SEEN, render_clip
+from ..errors import InvalidArgument
+
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webp", ".mov", ".mkv")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(F, H, W, 3) uint8 -> (F, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+class DemoClips:
+    """Infinite synthetic clips of the seen colour x shape x direction combinations."""
+
+    def __init__(self, frames: int = 16, size: int = 64) -> None:
+        if size != 64:
+            raise InvalidArgument("--size", "the demo data is 64x64 pixels")
+        self.frames = frames
+
+    def clips(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
+        picks = [SEEN[i] for i in rng.integers(len(SEEN), size=batch)]
+        clips = [render_clip(*c, rng, self.frames) for c in picks]
+        return torch.stack([to_tensor(c.frames) for c in clips]), [c.caption for c in clips]  # (B, F, 3, H, W)
+
+    def images(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
+        videos, captions = self.clips(rng, batch)
+        pick = torch.from_numpy(rng.integers(self.frames, size=batch))
+        return videos[torch.arange(batch), pick], captions  # (B, 3, H, W)
+
+
+def _resize(image: Image.Image, size: int) -> np.ndarray:
+    """Shorter side to `size`, then a centred square crop."""
+    w, h = image.size
+    scale = size / min(w, h)
+    image = image.convert("RGB").resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)))
+
+
+def read_frames(path: Path, size: int) -> np.ndarray:
+    """A video file or a folder of frame images -> (F, size, size, 3) uint8."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return np.stack([_resize(Image.open(p), size) for p in files])
+    import imageio.v3 as iio
+
+    frames = iio.imread(path, index=None)  # (F, H, W, C)
+    return np.stack([_resize(Image.fromarray(f[..., :3]), size) for f in frames])
+
+
+class VideoFolder:
+    """Captioned videos: `captions.jsonl` lines {"file": ..., "caption": ...}, or a side-car `name.txt`."""
+
+    def __init__(self, root: str | Path, frames: int, size: int) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise InvalidArgument("--data", f"no such folder: {root}")
+        captions: dict[str, str] = {}
+        index = root / "captions.jsonl"
+        if index.is_file():
+            for line in index.read_text().splitlines():
+                if line.strip():
+                    item = json.loads(line)
+                    captions[item["file"]] = item["caption"]
+        self.videos: list[tuple[np.ndarray, str]] = []
+        for path in sorted(root.iterdir()):
+            is_video = path.suffix.lower() in VIDEO_SUFFIXES or (path.is_dir() and not path.name.startswith("."))
+            if not is_video:
+                continue
+            caption = captions.get(path.name)
+            if caption is None and path.with_suffix(".txt").is_file():
+                caption = path.with_suffix(".txt").read_text().strip()
+            if caption is None:
+                raise InvalidArgument("--data", f"{path.name} has no caption (captions.jsonl or {path.stem}.txt)")
+            video = read_frames(path, size)
+            if len(video) < frames:
+                raise InvalidArgument("--data", f"{path.name} has {len(video)} frames, fewer than --frames {frames}")
+            self.videos.append((video, caption))
+        if not self.videos:
+            raise InvalidArgument("--data", f"{root} holds no videos (mp4/gif/webp or frame folders)")
+        self.frames = frames
+
+    def clips(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
+        out, captions = [], []
+        for i in rng.integers(len(self.videos), size=batch):
+            video, caption = self.videos[i]
+            start = rng.integers(len(video) - self.frames + 1)
+            out.append(to_tensor(video[start : start + self.frames]))
+            captions.append(caption)
+        return torch.stack(out), captions  # (B, F, 3, H, W)
+
+    def images(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
+        videos, captions = self.clips(rng, batch)
+        pick = torch.from_numpy(rng.integers(self.frames, size=batch))
+        return videos[torch.arange(batch), pick], captions  # (B, 3, H, W)
+
+
+def open_data(spec: str, frames: int, size: int) -> DemoClips | VideoFolder:
+    return DemoClips(frames, size) if spec == "demo" else VideoFolder(spec, frames, size)

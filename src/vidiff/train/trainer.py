@@ -1,0 +1,276 @@
+"""`vidiff train`: AnimateDiff's two stages, resumable and deterministic, in one small file.
+
+- `vae`: the image autoencoder on single frames (reconstruction + a small KL term); its latent scaling
+  factor is measured at the end (1 / std of the latents), as Stable Diffusion's was.
+- `image`: the UNet and text encoder on single frames, VAE frozen (diffusion loss, captions dropped 10% of
+  the time so classifier-free guidance works).
+- `motion`: only the motion modules (AnimateDiff's `motion_modules.` rule) on clips, the image model frozen.
+  Works on any SD 1.x folder, a user's real one included.
+
+Every step draws its batch, noise and timesteps from generators seeded by (seed, step), so a run resumed
+from a checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from ..adapters.unet_motion import merge_motion_unet
+from ..demo import model as demo
+from ..errors import InvalidArgument
+from ..loading import DTYPES
+from ..motion.animatediff_format import load_motion_adapter
+from .data import open_data
+
+STAGES = ("vae", "image", "motion")
+DEFAULT_LR = {"vae": 1e-3, "image": 5e-4, "motion": 5e-4}
+KL_WEIGHT = 1e-5
+DEMO_TOKENIZER = Path(__file__).resolve().parent.parent / "demo" / "tiny-t2v" / "tokenizer"
+
+
+@dataclass
+class TrainConfig:
+    stage: str
+    model: Path  # the SD 1.x folder: trained in place (vae, image) or frozen (motion)
+    data: str = "demo"  # "demo" or a folder of captioned videos
+    out: Path | None = None  # motion stage: the MotionAdapter folder (default: model/motion_adapter)
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float | None = None  # default per stage
+    frames: int = 16
+    size: int = 64
+    seed: int = 0
+    checkpoint_every: int = 200
+    warmup: int = 100
+    uncond_prob: float = 0.1
+    save_dtype: str = "float32"
+    restart: bool = False  # ignore an existing checkpoint
+    losses: list[float] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if self.stage not in STAGES:
+            raise InvalidArgument("stage", f"unknown stage {self.stage!r} (choose from {', '.join(STAGES)})")
+        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--frames", self.frames)):
+            if value < 1:
+                raise InvalidArgument(flag, f"must be >= 1, got {value}")
+        if self.save_dtype not in DTYPES:
+            raise InvalidArgument("--save-dtype", f"unknown dtype {self.save_dtype!r}")
+
+    @property
+    def checkpoint(self) -> Path:
+        folder = self.out if self.stage == "motion" and self.out else self.model
+        return folder / f".train-{self.stage}.pt"
+
+
+class Stage:
+    """What one stage trains and how: `params`, `loss(rng, gen)`, and `export(dtype)` into the model folder."""
+
+    modules: dict[str, nn.Module]
+
+    def params(self) -> list[nn.Parameter]:
+        return [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+
+    def loss(self, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def export(self, dtype: torch.dtype) -> None:
+        raise NotImplementedError
+
+
+def _ensure_skeleton(folder: Path) -> None:
+    """A new demo folder: tokenizer, scheduler and model index, before any weights exist."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "tokenizer").is_dir():
+        shutil.copytree(DEMO_TOKENIZER, folder / "tokenizer")
+    if not (folder / "scheduler").is_dir():
+        demo.demo_scheduler().save_pretrained(folder / "scheduler")
+    if not (folder / "model_index.json").is_file():
+        demo.write_model_index(folder, motion_adapter=False)
+
+
+def _save(module: nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """save_pretrained in `dtype`, leaving the training copy in float32."""
+    module.to(dtype).save_pretrained(folder)
+    module.to(torch.float32)
+
+
+class VaeStage(Stage):
+    def __init__(self, cfg: TrainConfig, data) -> None:
+        _ensure_skeleton(cfg.model)
+        vae_dir = cfg.model / "vae"
+        self.vae = AutoencoderKL.from_pretrained(vae_dir) if vae_dir.is_dir() else demo.demo_vae()
+        self.modules = {"vae": self.vae.train()}
+        self.cfg, self.data = cfg, data
+
+    def loss(self, rng, gen):
+        pixels, _ = self.data.images(rng, self.cfg.batch_size)  # (B, 3, H, W)
+        posterior = self.vae.encode(pixels).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)  # (B, 4, h, w)
+        recon = self.vae.decode(z).sample  # (B, 3, H, W)
+        return F.mse_loss(recon, pixels) + KL_WEIGHT * posterior.kl().mean()
+
+    @torch.no_grad()
+    def export(self, dtype):
+        rng = np.random.default_rng(12345)
+        pixels, _ = self.data.images(rng, 256)
+        std = self.vae.eval().encode(pixels).latent_dist.mean.std().item()
+        self.vae.register_to_config(scaling_factor=1.0 / std)
+        _save(self.vae, self.cfg.model / "vae", dtype)
+
+
+class _Diffusion:
+    """Shared by the image and motion stages: frozen VAE encoding, captions, noising and the target."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.vae = AutoencoderKL.from_pretrained(cfg.model / "vae").eval().requires_grad_(False)
+        self.tokenizer = CLIPTokenizer.from_pretrained(cfg.model / "tokenizer")
+        self.noise = DDPMScheduler.from_pretrained(cfg.model / "scheduler")
+
+    def encode(self, pixels: Tensor, gen: torch.Generator) -> Tensor:
+        with torch.no_grad():
+            posterior = self.vae.encode(pixels).latent_dist  # (N, 4, h, w)
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        return z * self.vae.config.scaling_factor
+
+    def tokens(self, captions: list[str], rng: np.random.Generator) -> Tensor:
+        captions = ["" if rng.random() < self.cfg.uncond_prob else c for c in captions]
+        return self.tokenizer(
+            captions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids  # fmt: skip
+
+    def noised(self, latents: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """(noisy latents, timesteps, regression target) for clean latents batch-first."""
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        noisy = self.noise.add_noise(latents, noise, t)
+        if self.noise.config.prediction_type == "v_prediction":
+            return noisy, t, self.noise.get_velocity(latents, noise, t)
+        return noisy, t, noise
+
+
+class ImageStage(Stage):
+    def __init__(self, cfg: TrainConfig, data) -> None:
+        _ensure_skeleton(cfg.model)
+        self.diff = _Diffusion(cfg)
+        unet_dir, text_dir = cfg.model / "unet", cfg.model / "text_encoder"
+        self.unet = UNet2DConditionModel.from_pretrained(unet_dir) if unet_dir.is_dir() else demo.demo_unet()
+        self.text = CLIPTextModel.from_pretrained(text_dir) if text_dir.is_dir() else demo.demo_text_encoder()
+        self.modules = {"unet": self.unet.train(), "text_encoder": self.text.train()}
+        self.cfg, self.data = cfg, data
+
+    def loss(self, rng, gen):
+        pixels, captions = self.data.images(rng, self.cfg.batch_size)  # (B, 3, H, W)
+        latents = self.diff.encode(pixels, gen)  # (B, 4, h, w)
+        embeds = self.text(self.diff.tokens(captions, rng))[0]  # (B, 77, D)
+        noisy, t, target = self.diff.noised(latents, gen)
+        return F.mse_loss(self.unet(noisy, t, encoder_hidden_states=embeds).sample, target)
+
+    def export(self, dtype):
+        _save(self.unet, self.cfg.model / "unet", dtype)
+        _save(self.text, self.cfg.model / "text_encoder", dtype)
+
+
+class MotionStage(Stage):
+    def __init__(self, cfg: TrainConfig, data) -> None:
+        self.diff = _Diffusion(cfg)
+        self.out = cfg.out or cfg.model / "motion_adapter"
+        unet2d = UNet2DConditionModel.from_pretrained(cfg.model / "unet", torch_dtype=torch.float32)
+        self.text = CLIPTextModel.from_pretrained(cfg.model / "text_encoder").eval().requires_grad_(False)
+        if (self.out / "config.json").is_file():
+            adapter = load_motion_adapter(self.out, torch.float32)
+        else:
+            adapter = demo.motion_adapter_for(dict(unet2d.config), max_frames=max(32, cfg.frames))
+        self.adapter_keys = list(adapter.state_dict())
+        self.adapter_config = dict(adapter.config)
+        self.unet = merge_motion_unet(unet2d, adapter).train()
+        for name, p in self.unet.named_parameters():
+            p.requires_grad_("motion_modules." in name)
+        self.modules = {"unet": self.unet}
+        self.cfg, self.data = cfg, data
+
+    def loss(self, rng, gen):
+        videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
+        b, f = videos.shape[:2]
+        latents = self.diff.encode(videos.flatten(0, 1), gen)  # (B*F, 4, h, w)
+        latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (B, 4, F, h, w)
+        with torch.no_grad():
+            embeds = self.text(self.diff.tokens(captions, rng))[0]  # (B, 77, D)
+        noisy, t, target = self.diff.noised(latents, gen)
+        pred = self.unet(noisy, t, encoder_hidden_states=embeds.repeat_interleave(f, dim=0)).sample
+        return F.mse_loss(pred, target)  # (B, 4, F, h, w) both
+
+    def export(self, dtype):
+        from diffusers import MotionAdapter
+
+        adapter = MotionAdapter.from_config(self.adapter_config)
+        state = self.unet.state_dict()
+        adapter.load_state_dict({k: state[k] for k in self.adapter_keys})
+        _save(adapter, self.out, dtype)
+        if self.out == self.cfg.model / "motion_adapter":
+            demo.write_model_index(self.cfg.model, motion_adapter=True)
+
+
+def _save_checkpoint(path: Path, stage: Stage, opt: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "losses": losses, "optimizer": opt.state_dict()}
+    state["modules"] = {name: m.state_dict() for name, m in stage.modules.items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: an interruption leaves the previous checkpoint intact
+
+
+def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Run (or resume) one stage to `cfg.steps`, then export its weights. Returns the loss per step."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)  # fresh-module initialisation
+    data = open_data(cfg.data, cfg.frames, cfg.size)
+    if cfg.stage != "vae" and not (cfg.model / "vae").is_dir():
+        raise InvalidArgument("--model", f"{cfg.model} has no vae/: train the vae stage first")
+    stage = {"vae": VaeStage, "image": ImageStage, "motion": MotionStage}[cfg.stage](cfg, data)
+    params = stage.params()
+    lr = cfg.lr or DEFAULT_LR[cfg.stage]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    start, losses = 0, []
+    if cfg.checkpoint.is_file() and not cfg.restart:
+        state = torch.load(cfg.checkpoint, weights_only=True)
+        for name, module in stage.modules.items():
+            module.load_state_dict(state["modules"][name])
+        opt.load_state_dict(state["optimizer"])
+        start, losses = state["step"], state["losses"]
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.stage, disable=not progress)
+    for step in bar:
+        for group in opt.param_groups:  # linear warm-up, then cosine to a tenth
+            warm = min(1.0, (step + 1) / max(cfg.warmup, 1))
+            group["lr"] = lr * warm * (0.55 + 0.45 * math.cos(math.pi * step / cfg.steps))
+        rng = np.random.default_rng([cfg.seed, step])
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        loss = stage.loss(rng, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save_checkpoint(cfg.checkpoint, stage, opt, step + 1, losses)
+        if on_step is not None:
+            on_step(step + 1, losses[-1])
+    for module in stage.modules.values():
+        module.eval()
+    stage.export(DTYPES[cfg.save_dtype])
+    return losses

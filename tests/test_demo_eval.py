@@ -1,0 +1,56 @@
+"""The evaluator on clips with known truth: every combination, a wrong-way clip, an empty clip, two objects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vidiff.demo.data import ALL_COMBOS, BACKGROUND, COLORS, HELD_OUT, SEEN, render_clip, shape_mask
+from vidiff.demo.evaluate import analyse
+
+
+def test_held_out_split():
+    assert len(HELD_OUT) >= 0.1 * len(ALL_COMBOS)
+    assert set(HELD_OUT) <= set(ALL_COMBOS) and not set(HELD_OUT) & set(SEEN)
+    for i in range(3):  # every colour, shape and direction is still seen in training
+        assert {c[i] for c in SEEN} == {c[i] for c in ALL_COMBOS}
+
+
+@pytest.mark.parametrize("combo", ALL_COMBOS)
+def test_every_combination_is_read_back(combo):
+    rng = np.random.default_rng(hash(combo) % 2**32)
+    for _ in range(2):
+        clip = render_clip(*combo, rng)
+        assert clip.frames.shape == (16, 64, 64, 3)
+        report = analyse(clip.frames)
+        assert (report.color, report.shape, report.direction) == combo
+        assert report.coherent_frames == 16
+
+
+def test_a_clip_played_backwards_moves_the_other_way():
+    clip = render_clip("red", "circle", "right", np.random.default_rng(0))
+    assert analyse(clip.frames[::-1]).direction == "left"
+    clip = render_clip("blue", "square", "up", np.random.default_rng(1))
+    assert analyse(clip.frames[::-1]).direction == "down"
+
+
+def test_no_object():
+    empty = np.full((16, 64, 64, 3), BACKGROUND, dtype=np.uint8)
+    report = analyse(empty)
+    assert (report.color, report.shape, report.direction, report.coherent_frames) == (None, None, None, 0)
+
+
+def test_a_static_object_has_no_direction():
+    clip = render_clip("green", "triangle", "left", np.random.default_rng(2))
+    still = np.repeat(clip.frames[:1], 16, axis=0)
+    assert analyse(still).direction is None
+
+
+def test_a_split_object_is_not_coherent():
+    frames = np.full((16, 64, 64, 3), BACKGROUND, dtype=np.uint8)
+    for f in range(16):
+        frames[f][shape_mask("circle", 12 + 2 * f, 16, 6)] = COLORS["white"]
+        if f % 2:
+            frames[f][shape_mask("square", 12 + 2 * f, 48, 6)] = COLORS["white"]
+    report = analyse(frames)
+    assert report.coherent_frames == 8 and report.direction == "right"

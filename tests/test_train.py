@@ -1,0 +1,110 @@
+"""The trainer: each stage lowers its loss on tiny data; a resumed run equals the uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from vidiff.demo.data import render_clip
+from vidiff.errors import InvalidArgument
+from vidiff.train import TrainConfig, train
+from vidiff.train.data import VideoFolder
+
+
+def run(stage: str, folder: Path, steps: int, **kw) -> list[float]:
+    cfg = TrainConfig(stage=stage, model=folder, steps=steps, warmup=1, checkpoint_every=kw.pop("every", 100), **kw)
+    return train(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A demo-shaped folder after a few steps of every stage."""
+    folder = tmp_path_factory.mktemp("demo") / "model"
+    run("vae", folder, 40, batch_size=4, lr=2e-3)
+    run("image", folder, 30, batch_size=8, lr=1e-3)
+    run("motion", folder, 4, batch_size=1, frames=8)
+    return folder
+
+
+def test_stages_write_a_loadable_sd1_folder(trained):
+    from vidiff import VideoPipeline
+
+    for part in ("vae", "unet", "text_encoder", "tokenizer", "scheduler", "motion_adapter"):
+        assert (trained / part).is_dir(), part
+    assert json.loads((trained / "model_index.json").read_text())["motion_adapter"] == ["diffusers", "MotionAdapter"]
+    pipe = VideoPipeline.from_pretrained(str(trained))
+    out = pipe("a red circle moving right", frames=8, steps=2, seed=0, progress=False)
+    assert out.frames[0].shape == (8, 64, 64, 3)
+
+
+def test_vae_loss_goes_down(tmp_path):
+    losses = run("vae", tmp_path / "m", 30, batch_size=4, lr=2e-3)
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+def test_image_loss_goes_down(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained / "vae", tmp_path / "m" / "vae")
+    losses = run("image", tmp_path / "m", 40, batch_size=8, lr=2e-3)
+    assert np.mean(losses[-8:]) < np.mean(losses[:8])
+
+
+def test_motion_stage_trains_only_motion_modules(trained, tmp_path):
+    before = load_file(trained / "unet" / "diffusion_pytorch_model.safetensors")
+    out = tmp_path / "adapter"
+    losses = run("motion", trained, 6, batch_size=1, frames=8, out=out, lr=2e-3)
+    assert len(losses) == 6 and all(np.isfinite(losses))
+    after = load_file(trained / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the image model stayed frozen
+    adapter = load_file(out / "diffusion_pytorch_model.safetensors")
+    proj_out = [v for k, v in adapter.items() if k.endswith("proj_out.weight")]
+    assert proj_out and any(v.abs().max() > 0 for v in proj_out)  # zero-initialised, then trained
+
+
+def test_resume_equals_uninterrupted(trained, tmp_path):
+    """Interrupt after 3 of 6 steps; rerunning resumes at step 3 and ends with the same weights."""
+    whole = run("motion", trained, 6, batch_size=1, frames=8, out=tmp_path / "whole", every=3)
+
+    def interrupt(step: int, loss: float) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    cfg = TrainConfig(stage="motion", model=trained, steps=6, batch_size=1, frames=8, out=tmp_path / "split",
+                      warmup=1, checkpoint_every=3)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, on_step=interrupt)
+    assert torch.load(cfg.checkpoint, weights_only=True)["step"] == 3
+    resumed = train(cfg, progress=False)
+    assert len(resumed) == 6 and resumed[:3] == whole[:3]
+    assert np.allclose(resumed, whole, rtol=0, atol=1e-6)
+    a = load_file(tmp_path / "whole" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "split" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_video_folder_with_captions(tmp_path):
+    rng = np.random.default_rng(0)
+    clip = render_clip("red", "circle", "right", rng)
+    frames_dir = tmp_path / "clip_a"
+    frames_dir.mkdir()
+    for i, frame in enumerate(clip.frames):
+        Image.fromarray(frame).save(frames_dir / f"{i:03d}.png")
+    Image.fromarray(clip.frames[0]).save(
+        tmp_path / "clip_b.gif", save_all=True, append_images=[Image.fromarray(f) for f in clip.frames[1:]]
+    )
+    (tmp_path / "clip_b.txt").write_text("a red circle moving right\n")
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"file": "clip_a", "caption": "a clip"}) + "\n")
+    data = VideoFolder(tmp_path, frames=8, size=32)
+    videos, captions = data.clips(np.random.default_rng(1), 4)
+    assert videos.shape == (4, 8, 3, 32, 32) and videos.min() >= -1 and videos.max() <= 1
+    assert set(captions) <= {"a clip", "a red circle moving right"}
+    (tmp_path / "clip_c.gif").write_bytes((tmp_path / "clip_b.gif").read_bytes())
+    with pytest.raises(InvalidArgument, match="clip_c.gif has no caption"):
+        VideoFolder(tmp_path, frames=8, size=32)
