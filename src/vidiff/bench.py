@@ -24,7 +24,12 @@ PROMPT = "a red circle moving right"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", choices=("sd15", "tiny"), default="sd15", help="random SD 1.5-sized or tiny weights")
+    p.add_argument(
+        "--size",
+        choices=("sd15", "tiny", "demo"),
+        default="sd15",
+        help="random SD 1.5-sized or tiny weights, or the demo",
+    )
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=256)
@@ -79,9 +84,11 @@ def sd15_folder(folder: Path) -> Path:
 
 
 def model_folder(size: str, cache: str | None) -> Path:
-    from .loading import _cache_dir
+    from .loading import DEMO_FOLDER, _cache_dir
     from .tiny import save_tiny_sd1
 
+    if size == "demo":
+        return DEMO_FOLDER
     folder = Path(cache) if cache else _cache_dir() / f"bench-{size}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     if size == "sd15":
@@ -184,7 +191,7 @@ def run(a: argparse.Namespace) -> list[dict]:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(
         f"{a.size} weights, {a.frames} frames {a.width}x{a.height}, {a.steps} steps, CFG {a.guidance_scale}, "
-        f"{a.dtype}, {torch.get_num_threads()} threads"
+        f"{a.dtype}, {torch.get_num_threads()} threads; s/clip = load excluded"
     )
     print(f"{'':10} {'load s':>8} {'1st step s':>11} {'s/step':>8} {'decode s':>9} {'peak RSS GiB':>13}")
     for r in results:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -12,7 +13,16 @@ from tqdm.auto import tqdm
 
 from .adapters.base import Conditioning, VideoDenoiser
 
-StepCallback = Callable[[int, Tensor, Tensor], None]  # (step index, timestep, latents after the step)
+StepCallback = Callable[[int, Tensor, Tensor], None]  # (steps done in the full list, timestep, latents)
+
+
+@dataclass
+class Inpaint:
+    """Keep the region outside `mask` equal to the source: re-noised to each next timestep, exact at the end."""
+
+    source: Tensor  # (B, C, F, h, w) clean latents of the source video
+    mask: Tensor  # (B, 1, F, h, w), 1 where the model repaints
+    noise: Tensor  # (B, C, F, h, w) the noise the source is re-noised with
 
 
 def step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None, eta: float) -> dict:
@@ -37,10 +47,15 @@ def denoise(
     extra_step_kwargs: dict | None = None,
     progress: bool = True,
     callback: StepCallback | None = None,
+    begin: int = 0,
+    stop: int | None = None,
+    inpaint: Inpaint | None = None,
 ) -> Tensor:
-    """Walk `timesteps`, stepping latents (B, C, F, h, w); with `uncond`, one batched CFG pass per step."""
+    """Walk timesteps[begin:stop], stepping latents (B, C, F, h, w); with `uncond`, one batched CFG pass per step."""
     both = Conditioning.cat([uncond, cond]) if uncond is not None else cond  # (2B, ...) or (B, ...)
-    for i, t in enumerate(tqdm(timesteps, desc="denoising", unit="step", disable=not progress)):
+    stop = len(timesteps) if stop is None else stop
+    for i in tqdm(range(begin, stop), desc="denoising", unit="step", disable=not progress):
+        t = timesteps[i]
         model_in = torch.cat([latents, latents]) if uncond is not None else latents  # (2B | B, C, F, h, w)
         model_in = scheduler.scale_model_input(model_in, t)
         out = denoiser.predict(model_in, t, both)  # (2B | B, C, F, h, w)
@@ -48,6 +63,11 @@ def denoise(
             out_uncond, out_cond = out.chunk(2)  # (B, C, F, h, w) each
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
         latents = scheduler.step(out, t, latents, **(extra_step_kwargs or {})).prev_sample  # (B, C, F, h, w)
+        if inpaint is not None:
+            keep = inpaint.source
+            if i + 1 < len(timesteps):
+                keep = scheduler.add_noise(inpaint.source, inpaint.noise, timesteps[i + 1 : i + 2])
+            latents = (1 - inpaint.mask) * keep + inpaint.mask * latents  # (B, C, F, h, w)
         if callback is not None:
-            callback(i, t, latents)
+            callback(i + 1, t, latents)
     return latents

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from .adapters.base import VideoDenoiser
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE, ImageSequentialDenoiser
 from .adapters.unet_motion import UNetMotionDenoiser
-from .denoise import StepCallback, denoise, step_kwargs
+from .denoise import Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
+from .latents_io import LatentsFile, LatentsMeta
 from .loading import load_sd1, resolve_device, resolve_dtype
 from .request import GenerationRequest
-from .schedules import make_scheduler, timesteps_for
+from .schedules import (
+    img2img_begin,
+    make_scheduler,
+    restore_scheduler_state,
+    schedule_slice,
+    scheduler_name,
+    scheduler_state,
+    timesteps_for,
+)
 from .text import ClipPromptEncoder
 
 OUTPUT_TYPES = ("np", "pil", "latent")
@@ -49,6 +59,26 @@ class Timings:
             f"load {self.load:.1f} s | {self.steps} steps in {self.denoise:.1f} s ({self.per_step:.2f} s/step) | "
             f"decode {self.decode:.1f} s | {self.per_frame:.2f} s/frame over {self.frames} frames"
         )
+
+
+@dataclass
+class Source:
+    """Where denoising starts besides noise: an img2img / inpaint source, a mask, saved noisy latents."""
+
+    frames: np.ndarray | None = None  # (F, H, W, 3) uint8 at the request's size
+    mask: np.ndarray | None = None  # (F, H, W) in [0, 1]: 1 = repaint, 0 = keep the source
+    latents: LatentsFile | None = None  # continue from these (cooperative denoising, resume)
+
+
+@dataclass
+class _Run:
+    """The last generation's schedule, for snapshots."""
+
+    request: GenerationRequest
+    scheduler: SchedulerMixin
+    generator: torch.Generator
+    timesteps: Tensor
+    stop: int
 
 
 @dataclass
@@ -124,30 +154,50 @@ class VideoPipeline:
 
     @torch.inference_mode()
     def generate_latents(
-        self, request: GenerationRequest, progress: bool = True, callback: StepCallback | None = None
+        self,
+        request: GenerationRequest,
+        progress: bool = True,
+        callback: StepCallback | None = None,
+        source: Source | None = None,
     ) -> Tensor:
-        """Denoised latents (B, C, F, h, w) for a resolved request, before the VAE."""
+        """Denoised (or, with denoising_end, partly denoised) latents (B, C, F, h, w), before the VAE."""
         assert request.seed is not None and request.height is not None, "resolve() the request first"
+        source = source or Source()
         # 1. Encode the prompt (and the negative prompt for classifier-free guidance).
         start = time.perf_counter()
         cond = self.prompt_encoder([request.prompt] * request.num_videos)
         uncond = self.prompt_encoder([request.negative_prompt] * request.num_videos) if request.cfg else None
         self.timings.encode = time.perf_counter() - start
-        # 2. Scheduler from the model folder's config, and its explicit timestep list.
+        # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
         scheduler = make_scheduler(request.scheduler, self.scheduler_config, request.beta_schedule)
         timesteps = timesteps_for(scheduler, request.steps, self.device)
-        # 3. Initial noise from a CPU generator, so a seed gives the same video on every device.
+        train_steps = scheduler.config.num_train_timesteps
+        begin, stop = schedule_slice(timesteps, train_steps, request.denoising_start, request.denoising_end)
+        # 3. Noise from a CPU generator (same seed, same video on every device), drawn whatever the start.
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        shape = (
-            request.num_videos,
-            self.denoiser.latent_channels,
-            request.frames,
-            request.height // self.vae_scale_factor,
-            request.width // self.vae_scale_factor,
-        )
-        latents = self.denoiser.initial_noise(shape, generator, self.device, self.denoiser.dtype)
-        latents = latents * scheduler.init_noise_sigma  # (B, C, F, h, w)
-        # 4. The loop.
+        shape = (request.num_videos, self.denoiser.latent_channels, request.frames, *self.latent_size(request))
+        noise = self.denoiser.initial_noise(shape, generator, self.device, self.denoiser.dtype)  # (B, C, F, h, w)
+        # 4. Starting latents: resumed from a file, an img2img source re-noised, or pure noise.
+        source_latents = self.encode(source.frames) if source.frames is not None else None  # (1, C, F, h, w)
+        restored = False
+        if source.latents is not None:
+            latents, begin, restored = self._resume(source.latents, request, scheduler, generator, timesteps, begin)
+        elif source_latents is not None and request.denoising_start is None:
+            begin = img2img_begin(request.steps, request.strength, scheduler.order)
+        if not restored and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(min(begin, len(timesteps) - 1))
+        if source.latents is None and source_latents is not None:
+            at = timesteps[begin : begin + 1]
+            latents = scheduler.add_noise(source_latents, noise, at) if begin < len(timesteps) else source_latents
+        elif source.latents is None:
+            latents = noise * scheduler.init_noise_sigma  # (B, C, F, h, w)
+        inpaint = None
+        if source.mask is not None:
+            if source_latents is None:
+                raise InvalidArgument("--image-seeds", "a mask needs an image or video to inpaint")
+            inpaint = Inpaint(source_latents, self._latent_mask(source.mask, shape), noise)
+        # 5. The loop.
+        self._run = _Run(request, scheduler, generator, timesteps, stop)
         start = time.perf_counter()
         latents = denoise(
             self.denoiser,
@@ -160,12 +210,91 @@ class VideoPipeline:
             step_kwargs(scheduler, generator, request.eta),
             progress=progress,
             callback=callback,
+            begin=begin,
+            stop=stop,
+            inpaint=inpaint,
         )
         self.timings.denoise = time.perf_counter() - start
-        self.timings.steps = len(timesteps)
+        self.timings.steps = max(stop - begin, 0)
         self.timings.decode = 0.0
         self.timings.frames = request.frames * request.num_videos
         return latents
+
+    def latent_size(self, request: GenerationRequest) -> tuple[int, int]:
+        return request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
+
+    def _resume(self, item: LatentsFile, request, scheduler, generator, timesteps, begin) -> tuple[Tensor, int, bool]:
+        """Continue from saved latents: exactly (scheduler and generator state) when the file was saved by the
+        same scheduler and step count, else from the fraction (`--denoising-start`, or the file's own)."""
+        meta = item.meta
+        expected = (request.num_videos, self.denoiser.latent_channels, request.frames, *self.latent_size(request))
+        if tuple(item.latents.shape) != expected:
+            raise InvalidArgument("--image-seeds", f"latents of shape {tuple(item.latents.shape)}, expected {expected}")
+        latents = item.latents.to(self.device, self.denoiser.dtype)
+        exact = (
+            item.scheduler_state is not None
+            and meta.scheduler == scheduler_name(scheduler)
+            and meta.steps == request.steps
+            and (request.denoising_start is None or begin == meta.step)
+        )
+        if exact:
+            restore_scheduler_state(scheduler, item.scheduler_state)
+            if item.generator_state is not None:
+                generator.set_state(item.generator_state)
+            return latents, meta.step, True
+        if request.denoising_start is None:
+            if meta.denoised is None:
+                raise InvalidArgument("--denoising-start", "needed: the latents file does not say where it stopped")
+            begin = schedule_slice(timesteps, scheduler.config.num_train_timesteps, meta.denoised, None)[0]
+        return latents, begin, False
+
+    def _latent_mask(self, mask: np.ndarray, shape: tuple[int, ...]) -> Tensor:
+        """(F, H, W) floats, 1 = repaint -> (1, 1, F, h, w) binary at latent resolution."""
+        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[:, None]  # (F, 1, H, W)
+        m = torch.nn.functional.interpolate(m, size=shape[-2:], mode="area")  # (F, 1, h, w)
+        return (m > 0.5).to(self.device, self.denoiser.dtype).transpose(0, 1)[None]  # (1, 1, F, h, w)
+
+    @torch.inference_mode()
+    def encode(self, frames: np.ndarray, chunk_size: int = 8) -> Tensor:
+        """Frames (F, H, W, 3) uint8 -> scaled latents (1, C, F, h, w): the VAE posterior means."""
+        scaling = self.vae.config.scaling_factor
+        shift = self.vae.config.get("shift_factor") or 0.0
+        out = []
+        for i in range(0, len(frames), chunk_size):
+            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk_size])).permute(0, 3, 1, 2)  # (n, 3, H, W)
+            x = x.to(self.device, self.vae.dtype) / 127.5 - 1.0
+            out.append((self.vae.encode(x).latent_dist.mean - shift) * scaling)  # (n, C, h, w)
+        return torch.cat(out).transpose(0, 1)[None].to(self.denoiser.dtype)  # (1, C, F, h, w)
+
+    def snapshot(self, latents: Tensor, step: int | None = None) -> LatentsFile:
+        """Latents of the last run at `step` (default: where it stopped), with what a resume needs."""
+        run = self._run
+        step = run.stop if step is None else step
+        request = run.request
+        done = request.denoising_end if step == run.stop and request.denoising_end is not None else None
+        meta = LatentsMeta(
+            family=self.denoiser.family,
+            latent_channels=self.denoiser.latent_channels,
+            scaling_factor=self.vae.config.scaling_factor,
+            shift_factor=self.vae.config.get("shift_factor"),
+            scheduler=scheduler_name(run.scheduler),
+            denoised=done if done is not None else step / len(run.timesteps),
+            frames=request.frames,
+            height=request.height,
+            width=request.width,
+            seed=request.seed,
+            prompt=request.prompt,
+            steps=request.steps,
+            step=step,
+            request=asdict(request),
+        )
+        unfinished = step < len(run.timesteps)
+        return LatentsFile(
+            latents,
+            meta,
+            scheduler_state(run.scheduler) if unfinished else None,
+            run.generator.get_state() if unfinished else None,
+        )
 
     @torch.inference_mode()
     def decode(self, latents: Tensor, chunk_size: int = 8) -> Iterator[np.ndarray]:
@@ -191,13 +320,14 @@ class VideoPipeline:
         decode_chunk_size: int = 8,
         progress: bool = True,
         callback: StepCallback | None = None,
+        source: Source | None = None,
         **options,
     ) -> VideoOutput:
         """Generate; `options` are GenerationRequest fields (frames, steps, seed, scheduler, ...)."""
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgument("output_type", f"must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         request = self.resolve(GenerationRequest(prompt=prompt, **options))
-        latents = self.generate_latents(request, progress=progress, callback=callback)
+        latents = self.generate_latents(request, progress=progress, callback=callback, source=source)
         if output_type == "latent":
             return VideoOutput(None, latents, request, replace(self.timings))
         videos = [np.concatenate(list(self.decode(video, decode_chunk_size))) for video in latents]

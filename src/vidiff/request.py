@@ -27,6 +27,9 @@ class GenerationRequest:
     beta_schedule: str | None = None  # None: the model folder's own
     eta: float = 0.0  # DDIM's eta; ignored by other schedulers
     num_videos: int = 1
+    denoising_start: float | None = None  # fraction of the schedule already done by the input latents
+    denoising_end: float | None = None  # stop here and return noisy latents (for another model to finish)
+    strength: float = 0.8  # img2img: how much of the schedule re-noises the source
 
     @property
     def cfg(self) -> bool:
@@ -46,6 +49,14 @@ class GenerationRequest:
             raise InvalidArgument("--eta", f"must be in [0, 1], got {self.eta}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise InvalidArgument("--seed", f"must be in [0, 2**63), got {self.seed}")
+        for flag, value in (("--denoising-start", self.denoising_start), ("--denoising-end", self.denoising_end)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise InvalidArgument(flag, f"must be a fraction in [0, 1], got {value}")
+        start, end = self.denoising_start, self.denoising_end
+        if start is not None and end is not None and start >= end:
+            raise InvalidArgument("--denoising-end", "must be greater than --denoising-start")
+        if not 0.0 <= self.strength <= 1.0:
+            raise InvalidArgument("--image-seed-strength", f"must be in [0, 1], got {self.strength}")
         scheduler_class(self.scheduler)
         if self.beta_schedule is not None and self.beta_schedule not in BETA_SCHEDULES:
             raise InvalidArgument(

@@ -32,6 +32,19 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
 }
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DEFAULT_SCHEDULER = "ddim"
+# Scheduler attributes that change while stepping (DPM-Solver, LMS and PNDM histories, step counters).
+SCHEDULER_STATE = (
+    "_step_index",
+    "_begin_index",
+    "model_outputs",
+    "lower_order_nums",
+    "last_sample",
+    "ets",
+    "counter",
+    "cur_model_output",
+    "cur_sample",
+    "derivatives",
+)
 
 
 def scheduler_class(name: str) -> type[SchedulerMixin]:
@@ -72,3 +85,38 @@ def timesteps_for(scheduler: SchedulerMixin, steps: int, device: torch.device) -
     """Set `steps` inference steps and return the full, explicit timestep list the loop will walk."""
     scheduler.set_timesteps(steps, device=device)
     return scheduler.timesteps  # (steps * order,)
+
+
+def schedule_slice(
+    timesteps: torch.Tensor, num_train_timesteps: int, start: float | None, end: float | None
+) -> tuple[int, int]:
+    """[begin, stop) indices of the timestep list for denoising fractions, by diffusers' cutoff rule.
+
+    `end` keeps the timesteps >= round(T - end * T); `start` skips exactly those for the same fraction,
+    so a run stopped at f and one started at f partition the schedule.
+    """
+    count = lambda fraction: int((timesteps >= round(num_train_timesteps * (1 - fraction))).sum())  # noqa: E731
+    begin = count(start) if start else 0
+    stop = count(end) if end is not None and end < 1 else len(timesteps)
+    return begin, stop
+
+
+def img2img_begin(steps: int, strength: float, order: int = 1) -> int:
+    """diffusers' img2img rule: strength s runs the last round-down(s * steps) steps."""
+    return max(steps - min(int(steps * strength), steps), 0) * order
+
+
+def scheduler_state(scheduler: SchedulerMixin) -> dict[str, Any]:
+    """The attributes that change while stepping (histories, counters), copied."""
+    state = {}
+    for name in SCHEDULER_STATE:
+        if hasattr(scheduler, name):
+            value = getattr(scheduler, name)
+            state[name] = list(value) if isinstance(value, list) else value
+    return state
+
+
+def restore_scheduler_state(scheduler: SchedulerMixin, state: dict[str, Any]) -> None:
+    for name, value in state.items():
+        if hasattr(scheduler, name):
+            setattr(scheduler, name, list(value) if isinstance(value, list) else value)

@@ -1,0 +1,36 @@
+"""The shipped demo model: loads through the public loader, generates, and clears the bars on a sample."""
+
+from __future__ import annotations
+
+import pytest
+
+from vidiff import VideoPipeline
+from vidiff.demo.data import HELD_OUT, SEEN
+from vidiff.demo.evaluate import evaluate, summarize
+from vidiff.loading import DEMO_FOLDER
+
+
+@pytest.fixture(scope="module")
+def demo() -> VideoPipeline:
+    return VideoPipeline.from_pretrained("demo")
+
+
+def test_weights_are_small_safetensors():
+    weights = list(DEMO_FOLDER.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} == {"vae", "unet", "text_encoder", "motion_adapter"}
+    assert sum(w.stat().st_size for w in weights) <= 20 * 2**20
+
+
+def test_generates_a_clip_of_the_right_shape(demo):
+    out = demo("a red circle moving right", seed=0, steps=4, progress=False)
+    assert out.frames[0].shape == (16, 64, 64, 3)
+    assert out.latents.shape == (1, 4, 16, 16, 16)
+
+
+def test_bars_on_a_sample(demo):
+    """Every 7th seen combination and every 3rd held-out one, one seed each, default settings."""
+    seen = summarize(evaluate(demo, SEEN[::7], [0], progress=False))
+    held = summarize(evaluate(demo, HELD_OUT[::3], [0], progress=False))
+    assert seen["color"] >= 0.95 and seen["shape"] >= 0.85 and seen["direction"] >= 0.9, seen
+    assert held["direction"] >= 0.8, held
+    assert min(seen["coherent"], held["coherent"]) >= 0.95, (seen, held)
