@@ -65,7 +65,9 @@ def test_split_equals_unsplit(pipe, tmp_path, scheduler, fraction):
     whole = pipe("a cat", scheduler=scheduler, **OPTS).latents
     first = pipe("a cat", scheduler=scheduler, denoising_end=fraction, **OPTS).latents
     path = save_latents(tmp_path / "half.safetensors", pipe.snapshot(first))
-    rest = pipe("a cat", scheduler=scheduler, denoising_start=fraction, source=Source(latents=load_latents(path)), **OPTS)
+    rest = pipe(
+        "a cat", scheduler=scheduler, denoising_start=fraction, source=Source(latents=load_latents(path)), **OPTS
+    )
     assert (rest.latents - whole).abs().max().item() <= SPLIT_ATOL
     assert (first - whole).abs().max().item() > 1e-3  # the first half really stopped early
 

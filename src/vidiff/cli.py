@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE
-from .errors import VidiffError
+from .errors import InvalidArgument, VidiffError
+from .image_seeds import ImageSeed
+from .latents_io import LatentsFile, check_latents, is_latents_path, load_latents, save_latents
+from .media import fit
 from .pipeline import MODES
 from .request import GenerationRequest
 from .schedules import DEFAULT_SCHEDULER
@@ -46,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", help="out.gif | out.mp4 | out.webp | folder/ for PNG frames")
     _add_model_args(gen)
     gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--frames", type=int, default=16)
+    gen.add_argument("--frames", type=int, help="default: 16, or the frames of --image-seeds latents")
     gen.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's)")
     gen.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's)")
     gen.add_argument("--steps", type=int, default=25)
@@ -59,6 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument(
+        "--image-seeds", help='"latents: f.pt" | "src" | "src;latents=f.pt" | "src;mask=m.png[;latents=f.pt]"'
+    )
+    gen.add_argument("--image-seed-strength", type=float, default=0.8, help="img2img: share of the schedule re-run")
+    gen.add_argument("--denoising-start", type=float, help="fraction of the schedule the input latents have done")
+    gen.add_argument("--denoising-end", type=float, help="stop at this fraction and save the noisy latents")
+    gen.add_argument("--checkpoint-every", type=int, help="save resumable latents every N steps beside the output")
+    gen.add_argument("--resume", help="continue an interrupted run from its .resume.safetensors checkpoint")
+
+    dec = sub.add_parser("decode", help="decode saved latents into a video with a model's VAE")
+    dec.add_argument("latents", help=".pt, .pth or .safetensors latents")
+    dec.add_argument("-o", "--output", required=True, help="out.gif | out.mp4 | out.webp | folder/")
+    dec.add_argument("--model", default=DEFAULT_MODEL, help="whose VAE decodes (default: %(default)s)")
+    dec.add_argument("--dtype", default="float32")
+    dec.add_argument("--device", default="cpu")
+    dec.add_argument("--fps", type=float, default=8.0)
+    dec.add_argument("--decode-chunk-size", type=int, default=8)
+    dec.add_argument("--overwrite", action="store_true")
 
     tr = sub.add_parser("train", help="train an image model or motion modules (AnimateDiff's two stages)")
     tr.add_argument("stage", choices=STAGES, help="vae, image (UNet + text encoder), or motion")
@@ -106,48 +133,146 @@ def _default_output(prompt: str, seed: int) -> str:
     return f"{slug}-{seed}.gif"
 
 
+def _request(args: argparse.Namespace, resume: LatentsFile | None) -> GenerationRequest:
+    """The request from flags, or the one saved in the checkpoint being resumed."""
+    if resume is not None:
+        if resume.meta.request is None:
+            raise InvalidArgument("--resume", f"{args.resume} is not a vidiff checkpoint (it carries no run)")
+        return GenerationRequest(**resume.meta.request)
+    given = {
+        "frames": args.frames,
+        "height": args.height,
+        "width": args.width,
+        "seed": args.seed,
+        "denoising_start": args.denoising_start,
+        "denoising_end": args.denoising_end,
+        "beta_schedule": args.beta_schedule,
+    }
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        scheduler=args.scheduler,
+        eta=args.eta,
+        strength=args.image_seed_strength,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+
+
+def _source(pipe, seed: ImageSeed | None, resume: LatentsFile | None, request: GenerationRequest, args):
+    """Resolve the request against the model and read what --image-seeds / --resume name into a Source."""
+    from .codec import decode_frames
+    from .image_seeds import ARG
+    from .media import read_frames, take_frames
+    from .pipeline import Source
+
+    source = Source(latents=resume)
+    channels, family = pipe.denoiser.latent_channels, pipe.denoiser.family
+    if seed is not None and seed.latents is not None:
+        source.latents = load_latents(seed.latents, ARG)
+        check_latents(source.latents, seed.latents, channels, family)
+        _, _, f, h, w = source.latents.latents.shape
+        scale = pipe.vae_scale_factor
+        request = replace(
+            request,
+            frames=args.frames or f,
+            height=args.height or h * scale,
+            width=args.width or w * scale,
+        )
+        check_latents(source.latents, seed.latents, channels, family, frames=request.frames)
+    request = pipe.resolve(request)
+    if seed is not None and seed.image is not None:
+        if is_latents_path(str(seed.image)):  # latents in the img2img position: decoded by this VAE first
+            item = load_latents(seed.image, ARG)
+            check_latents(item, seed.image, channels, family)
+            frames = np.concatenate(list(decode_frames(pipe.vae, item.latents[0], args.decode_chunk_size)))
+            frames = np.stack([fit(Image.fromarray(f), request.width, request.height) for f in frames])
+        else:
+            frames = read_frames(seed.image, request.width, request.height, ARG)
+        source.frames = take_frames(frames, request.frames, seed.image, ARG)
+    if seed is not None and seed.mask is not None:
+        mask = read_frames(seed.mask, request.width, request.height, ARG).mean(axis=-1) / 255.0  # (N, H, W)
+        source.mask = take_frames(mask, request.frames, seed.mask, ARG)
+    return source, request
+
+
 def generate(args: argparse.Namespace) -> None:
     from .export import FrameWriter, check_output
+    from .image_seeds import parse_image_seed
     from .loading import resolve_device, resolve_dtype
     from .pipeline import VideoPipeline
 
     # 1. Everything that can be checked without the model, before loading it.
-    request = GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        frames=args.frames,
-        height=args.height,
-        width=args.width,
-        steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        seed=args.seed,
-        scheduler=args.scheduler,
-        beta_schedule=args.beta_schedule,
-        eta=args.eta,
-    )
+    resume = load_latents(args.resume, "--resume") if args.resume else None
+    request = _request(args, resume)
     request.validate()
+    seed = parse_image_seed(args.image_seeds) if args.image_seeds is not None else None
+    if seed is not None and seed.latents is not None and resume is not None:
+        raise InvalidArgument("--resume", "continues its own latents; drop latents= from --image-seeds")
+    latents_out = args.output is not None and is_latents_path(args.output)
     if args.output is not None:
         check_output(args.output, args.overwrite)
+    if request.denoising_end is not None and request.denoising_end < 1 and not latents_out:
+        raise InvalidArgument("--output", "partly denoised latents (--denoising-end) go to .pt, .pth or .safetensors")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise InvalidArgument("--checkpoint-every", f"must be >= 1, got {args.checkpoint_every}")
     resolve_dtype(args.dtype, resolve_device(args.device))
-    # 2. Load, then validate the request against the model.
+    # 2. Load the model, then resolve the request and its sources against it.
     pipe = VideoPipeline.from_pretrained(
         args.model, args.motion_module, args.dtype, args.device, args.mode, args.frame_noise
     )
-    request = pipe.resolve(request)
-    output = args.output or _default_output(request.prompt, request.seed)
     print(f"loaded {args.model} in {pipe.timings.load:.1f} s")
-    # 3. Denoise, then decode in chunks straight into the writer.
-    with FrameWriter(output, args.fps, args.overwrite) as writer:
-        latents = pipe.generate_latents(request, progress=not args.quiet)
-        for frames in pipe.decode(latents[0], args.decode_chunk_size):
-            writer.append(frames)
-    print(f"wrote {output} ({writer.count} frames, {request.width}x{request.height}, {args.fps:g} fps)")
+    source, request = _source(pipe, seed, resume, request, args)
+    output = args.output or _default_output(request.prompt, request.seed)
+    resume_file = Path(f"{output}.resume.safetensors")
+    checkpoint = resume_file if args.checkpoint_every else None
+
+    def on_step(step: int, t, latents) -> None:
+        if checkpoint is not None and step % args.checkpoint_every == 0:
+            save_latents(checkpoint, pipe.snapshot(latents, step), overwrite=True)
+
+    # 3. Denoise (checkpointing); an interruption keeps the last checkpoint and says how to resume.
+    try:
+        latents = pipe.generate_latents(request, progress=not args.quiet, callback=on_step, source=source)
+    except KeyboardInterrupt:
+        if checkpoint is not None and checkpoint.exists():
+            print(f"vidiff: interrupted; resume with: vidiff generate --resume {checkpoint} --model {args.model} "
+                  f"-o {output}", file=sys.stderr)  # fmt: skip
+        raise
+    # 4. Save the latents, or decode them in chunks straight into the writer.
+    if is_latents_path(output):
+        save_latents(output, pipe.snapshot(latents), args.overwrite)
+        print(f"wrote {output} (latents {tuple(latents.shape)}, {pipe.snapshot(latents).meta.denoised:.0%} denoised)")
+    else:
+        with FrameWriter(output, args.fps, args.overwrite) as writer:
+            for frames in pipe.decode(latents[0], args.decode_chunk_size):
+                writer.append(frames)
+        print(f"wrote {output} ({writer.count} frames, {request.width}x{request.height}, {args.fps:g} fps)")
+    if checkpoint is not None or (args.resume and Path(args.resume) == resume_file):
+        resume_file.unlink(missing_ok=True)  # the run it was keeping is complete
     print(f"seed {request.seed} | {pipe.timings.summary()}")
 
 
-def train_stage(args: argparse.Namespace) -> None:
-    from pathlib import Path
+def decode(args: argparse.Namespace) -> None:
+    from .codec import decode_frames
+    from .export import FrameWriter, check_output
+    from .loading import load_vae, resolve_device, resolve_dtype
 
+    check_output(args.output, args.overwrite)
+    device = resolve_device(args.device)
+    item = load_latents(args.latents, "latents")
+    vae = load_vae(args.model, resolve_dtype(args.dtype, device), device)
+    check_latents(item, args.latents, vae.config.latent_channels, None, argument="latents")
+    if item.meta.denoised is not None and item.meta.denoised < 1:
+        print(f"note: these latents are only {item.meta.denoised:.0%} denoised")
+    with FrameWriter(args.output, args.fps, args.overwrite) as writer:
+        for frames in decode_frames(vae, item.latents[0], args.decode_chunk_size):
+            writer.append(frames)
+    print(f"wrote {args.output} ({writer.count} frames)")
+
+
+def train_stage(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
     cfg = TrainConfig(
@@ -199,12 +324,19 @@ def eval_demo(args: argparse.Namespace) -> None:
             json.dump(rows, f, indent=2)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a run the way Ctrl-C does: outputs aborted, checkpoints kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     _quiet_libraries()
     try:
         if args.command == "generate":
             generate(args)
+        elif args.command == "decode":
+            decode(args)
         elif args.command == "eval-demo":
             eval_demo(args)
         elif args.command == "train":

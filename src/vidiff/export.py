@@ -18,17 +18,20 @@ from PIL import Image
 
 from .errors import InvalidArgument, OutputExists
 
-VIDEO_KINDS = {".gif": "gif", ".mp4": "mp4", ".webp": "webp"}
+VIDEO_KINDS = {".gif": "gif", ".mp4": "mp4", ".webp": "webp", ".pt": "latents", ".pth": "latents"}
+VIDEO_KINDS[".safetensors"] = "latents"  # written by latents_io, checked here like any output
 PNG_PATTERN = "frame_{:05d}.png"
 
 
 def output_kind(path: str) -> str:
-    """'gif', 'mp4', 'webp', or 'png' for a folder (a path ending in '/' or an existing folder)."""
+    """'gif', 'mp4', 'webp', 'latents' (.pt/.pth/.safetensors) or 'png' for a folder (ending in '/' or existing)."""
     if path.endswith(("/", os.sep)) or Path(path).is_dir():
         return "png"
     kind = VIDEO_KINDS.get(Path(path).suffix.lower())
     if kind is None:
-        raise InvalidArgument("--output", f"cannot tell the format of {path!r}: end it in .gif, .mp4, .webp or /")
+        raise InvalidArgument(
+            "--output", f"cannot tell the format of {path!r}: end it in .gif, .mp4, .webp, .pt, .safetensors or /"
+        )
     return kind
 
 
@@ -59,6 +62,8 @@ class FrameWriter:
         if fps <= 0:
             raise InvalidArgument("--fps", f"must be > 0, got {fps}")
         self.kind = check_output(path, overwrite)
+        if self.kind == "latents":
+            raise InvalidArgument("--output", f"{path} is a latents file, not a video")
         self.path = Path(path)
         self.fps = fps
         self.overwrite = overwrite

@@ -163,14 +163,19 @@ def load_latents(path: str | Path, argument: str = "--image-seeds") -> LatentsFi
 
 
 def check_latents(
-    item: LatentsFile, path: str | Path, channels: int, family: str, frames: int | None = None, argument="--image-seeds"
+    item: LatentsFile,
+    path: str | Path,
+    channels: int,
+    family: str | None,
+    frames: int | None = None,
+    argument: str = "--image-seeds",
 ) -> None:
     """One-line errors naming the file and the mismatch."""
     b, c, f, h, w = item.latents.shape
     name = Path(path).name
     if c != channels:
         raise InvalidArgument(argument, f"{name} has {c} latent channels; this model's latents have {channels}")
-    if item.meta.family is not None and item.meta.family != family:
+    if family is not None and item.meta.family is not None and item.meta.family != family:
         raise InvalidArgument(argument, f"{name} holds {item.meta.family} latents; this model is {family}")
     if frames is not None and f != frames:
         raise InvalidArgument(argument, f"{name} has {f} frames; --frames is {frames}")

@@ -180,3 +180,12 @@ def load_sd1(
     for module in (text_encoder, vae, unet):
         module.to(device).eval().requires_grad_(False)
     return SD1Components(tokenizer, text_encoder, unet, vae, scheduler_config, time.perf_counter() - start)
+
+
+def load_vae(model: str, dtype: torch.dtype, device: torch.device) -> AutoencoderKL:
+    """Just the VAE of a model folder (to decode saved latents)."""
+    folder = resolve_model_folder(model)
+    if not (folder / "vae").is_dir():
+        raise LoadError("--model", f"{folder} has no vae/ folder")
+    vae = _from_pretrained(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
+    return vae.to(device).eval().requires_grad_(False)

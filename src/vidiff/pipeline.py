@@ -15,6 +15,7 @@ from torch import Tensor
 from .adapters.base import VideoDenoiser
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE, ImageSequentialDenoiser
 from .adapters.unet_motion import UNetMotionDenoiser
+from .codec import decode_frames, encode_frames
 from .denoise import Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
 from .latents_io import LatentsFile, LatentsMeta
@@ -254,17 +255,9 @@ class VideoPipeline:
         m = torch.nn.functional.interpolate(m, size=shape[-2:], mode="area")  # (F, 1, h, w)
         return (m > 0.5).to(self.device, self.denoiser.dtype).transpose(0, 1)[None]  # (1, 1, F, h, w)
 
-    @torch.inference_mode()
     def encode(self, frames: np.ndarray, chunk_size: int = 8) -> Tensor:
-        """Frames (F, H, W, 3) uint8 -> scaled latents (1, C, F, h, w): the VAE posterior means."""
-        scaling = self.vae.config.scaling_factor
-        shift = self.vae.config.get("shift_factor") or 0.0
-        out = []
-        for i in range(0, len(frames), chunk_size):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i : i + chunk_size])).permute(0, 3, 1, 2)  # (n, 3, H, W)
-            x = x.to(self.device, self.vae.dtype) / 127.5 - 1.0
-            out.append((self.vae.encode(x).latent_dist.mean - shift) * scaling)  # (n, C, h, w)
-        return torch.cat(out).transpose(0, 1)[None].to(self.denoiser.dtype)  # (1, C, F, h, w)
+        """Frames (F, H, W, 3) uint8 -> scaled latents (1, C, F, h, w)."""
+        return encode_frames(self.vae, frames, chunk_size)[None].to(self.denoiser.dtype)
 
     def snapshot(self, latents: Tensor, step: int | None = None) -> LatentsFile:
         """Latents of the last run at `step` (default: where it stopped), with what a resume needs."""
@@ -296,21 +289,17 @@ class VideoPipeline:
             run.generator.get_state() if unfinished else None,
         )
 
-    @torch.inference_mode()
     def decode(self, latents: Tensor, chunk_size: int = 8) -> Iterator[np.ndarray]:
         """Decode one video's latents (C, F, h, w) in frame chunks, yielding (n, H, W, 3) uint8 arrays."""
         if chunk_size < 1:
             raise InvalidArgument("--decode-chunk-size", f"must be >= 1, got {chunk_size}")
-        scaling = self.vae.config.scaling_factor
-        shift = self.vae.config.get("shift_factor") or 0.0
-        for i in range(0, latents.shape[1], chunk_size):
+        chunks = decode_frames(self.vae, latents, chunk_size)
+        while True:
             start = time.perf_counter()
-            z = latents[:, i : i + chunk_size].transpose(0, 1)  # (n, C, h, w)
-            z = z.to(self.vae.dtype) / scaling + shift
-            pixels = self.vae.decode(z).sample.float()  # (n, 3, H, W) in [-1, 1]
-            pixels = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-            frames = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (n, H, W, 3)
+            frames = next(chunks, None)
             self.timings.decode += time.perf_counter() - start
+            if frames is None:
+                return
             yield frames
 
     def __call__(

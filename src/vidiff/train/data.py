@@ -11,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..demo.data import SEEN, render_clip
 from ..errors import InvalidArgument
-
-VIDEO_SUFFIXES = (".mp4", ".gif", ".webp", ".mov", ".mkv")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+from ..media import VIDEO_SUFFIXES, read_frames
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -44,27 +41,6 @@ class DemoClips:
         return videos[torch.arange(batch), pick], captions  # (B, 3, H, W)
 
 
-def _resize(image: Image.Image, size: int) -> np.ndarray:
-    """Shorter side to `size`, then a centred square crop."""
-    w, h = image.size
-    scale = size / min(w, h)
-    image = image.convert("RGB").resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(image.crop((left, top, left + size, top + size)))
-
-
-def read_frames(path: Path, size: int) -> np.ndarray:
-    """A video file or a folder of frame images -> (F, size, size, 3) uint8."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        return np.stack([_resize(Image.open(p), size) for p in files])
-    import imageio.v3 as iio
-
-    frames = iio.imread(path, index=None)  # (F, H, W, C)
-    return np.stack([_resize(Image.fromarray(f[..., :3]), size) for f in frames])
-
-
 class VideoFolder:
     """Captioned videos: `captions.jsonl` lines {"file": ..., "caption": ...}, or a side-car `name.txt`."""
 
@@ -89,7 +65,7 @@ class VideoFolder:
                 caption = path.with_suffix(".txt").read_text().strip()
             if caption is None:
                 raise InvalidArgument("--data", f"{path.name} has no caption (captions.jsonl or {path.stem}.txt)")
-            video = read_frames(path, size)
+            video = read_frames(path, size, size, "--data")
             if len(video) < frames:
                 raise InvalidArgument("--data", f"{path.name} has {len(video)} frames, fewer than --frames {frames}")
             self.videos.append((video, caption))

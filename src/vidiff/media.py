@@ -1,0 +1,60 @@
+"""Frames from images, videos (mp4/gif/webp/...) and folders of frames, with one resize rule.
+
+The rule: scale the frame so it covers the target size (keeping its aspect ratio), then crop the centre.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import InvalidArgument
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".gif", ".webp", ".mov", ".mkv", ".avi")
+
+
+def fit(image: Image.Image, width: int, height: int) -> np.ndarray:
+    """Cover (width, height), then centre-crop: (height, width, 3) uint8."""
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = max(width / w, height / h)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    image = image.resize(size, Image.BICUBIC) if size != (w, h) else image
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)))
+
+
+def read_frames(path: str | Path, width: int, height: int, argument: str) -> np.ndarray:
+    """All frames of an image (one frame), a video, or a folder of images (sorted by name): (N, H, W, 3)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise InvalidArgument(argument, f"{path} holds no image frames")
+        return np.stack([fit(Image.open(p), width, height) for p in files])
+    if not path.is_file():
+        raise InvalidArgument(argument, f"no such file: {path}")
+    import imageio.v3 as iio
+
+    try:
+        data = iio.imread(path, index=None)  # (N, H, W, C) for a video, (H, W[, C]) for an image
+    except Exception as e:  # every reader's error: unreadable is unreadable
+        raise InvalidArgument(argument, f"cannot read {path} as an image or video ({e})") from e
+    if data.ndim == 2:  # one greyscale image
+        data = data[None, ..., None]
+    elif data.ndim == 3:  # one colour image (H, W, 3|4), or a greyscale video (N, H, W)
+        data = data[None] if data.shape[-1] in (3, 4) else data[..., None]
+    frames = [Image.fromarray(f[..., :3] if f.shape[-1] >= 3 else f[..., 0]) for f in data]
+    return np.stack([fit(frame, width, height) for frame in frames])  # (N, H, W, 3)
+
+
+def take_frames(frames: np.ndarray, count: int, path: str | Path, argument: str) -> np.ndarray:
+    """A still image is repeated; a video gives its first `count` frames and must have that many."""
+    if len(frames) == 1:
+        return np.repeat(frames, count, axis=0)
+    if len(frames) < count:
+        raise InvalidArgument(argument, f"{Path(path).name} has {len(frames)} frames; --frames is {count}")
+    return frames[:count]
