@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from .errors import InvalidArgument
 
@@ -37,18 +37,15 @@ def read_frames(path: str | Path, width: int, height: int, argument: str) -> np.
         return np.stack([fit(Image.open(p), width, height) for p in files])
     if not path.is_file():
         raise InvalidArgument(argument, f"no such file: {path}")
-    import imageio.v3 as iio
-
     try:
-        data = iio.imread(path, index=None)  # (N, H, W, C) for a video, (H, W[, C]) for an image
+        if path.suffix.lower() in (*IMAGE_SUFFIXES, ".gif"):  # stills and animations: every frame via Pillow
+            with Image.open(path) as image:
+                return np.stack([fit(frame, width, height) for frame in ImageSequence.Iterator(image)])
+        import imageio.v3 as iio
+
+        return np.stack([fit(Image.fromarray(f[..., :3]), width, height) for f in iio.imiter(path)])
     except Exception as e:  # every reader's error: unreadable is unreadable
         raise InvalidArgument(argument, f"cannot read {path} as an image or video ({e})") from e
-    if data.ndim == 2:  # one greyscale image
-        data = data[None, ..., None]
-    elif data.ndim == 3:  # one colour image (H, W, 3|4), or a greyscale video (N, H, W)
-        data = data[None] if data.shape[-1] in (3, 4) else data[..., None]
-    frames = [Image.fromarray(f[..., :3] if f.shape[-1] >= 3 else f[..., 0]) for f in data]
-    return np.stack([fit(frame, width, height) for frame in frames])  # (N, H, W, 3)
 
 
 def take_frames(frames: np.ndarray, count: int, path: str | Path, argument: str) -> np.ndarray:
