@@ -42,6 +42,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--motion-module", help="AnimateDiff motion module: MotionAdapter folder or .ckpt/.safetensors")
     p.add_argument("--mode", default="motion", choices=MODES, help="motion modules, or frame by frame (sequential)")
     p.add_argument("--frame-noise", type=float, default=DEFAULT_FRAME_NOISE, help="sequential: per-frame noise")
+    p.add_argument("--frame-batch", type=int, help="sequential: frames per UNet call (default: all)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, or float16 on a GPU (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
 
@@ -220,7 +221,7 @@ def generate(args: argparse.Namespace) -> None:
     resolve_dtype(args.dtype, resolve_device(args.device))
     # 2. Load the model, then resolve the request and its sources against it.
     pipe = VideoPipeline.from_pretrained(
-        args.model, args.motion_module, args.dtype, args.device, args.mode, args.frame_noise
+        args.model, args.motion_module, args.dtype, args.device, args.mode, args.frame_noise, args.frame_batch
     )
     print(f"loaded {args.model} in {pipe.timings.load:.1f} s")
     source, request = _source(pipe, seed, resume, request, args)

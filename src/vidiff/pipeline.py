@@ -121,10 +121,12 @@ class VideoPipeline:
         device: str = "cpu",
         mode: str = "motion",
         frame_noise: float = DEFAULT_FRAME_NOISE,
+        frame_batch: int | None = None,
     ) -> VideoPipeline:
         """An SD 1.x folder or hub id plus an AnimateDiff motion module (folder or original single file).
 
-        `mode="sequential"` uses the image UNet alone: frames from shared noise plus `frame_noise`.
+        `mode="sequential"` uses the image UNet alone: frames from shared noise plus `frame_noise`, denoised
+        independently, `frame_batch` frames per UNet call (default: all).
         """
         if mode not in MODES:
             raise InvalidArgument("--mode", f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
@@ -135,7 +137,9 @@ class VideoPipeline:
         if mode == "motion":
             denoiser: VideoDenoiser = UNetMotionDenoiser(parts.unet)
         else:
-            denoiser = ImageSequentialDenoiser(parts.unet, frame_noise)
+            if frame_batch is not None and frame_batch < 1:
+                raise InvalidArgument("--frame-batch", f"must be >= 1, got {frame_batch}")
+            denoiser = ImageSequentialDenoiser(parts.unet, frame_noise, frame_batch)
         return cls(
             ClipPromptEncoder(parts.tokenizer, parts.text_encoder),
             denoiser,

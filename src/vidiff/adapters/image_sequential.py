@@ -23,10 +23,13 @@ class ImageSequentialDenoiser(VideoDenoiser):
     family = "sd1"
     max_frames = None
 
-    def __init__(self, unet: UNet2DConditionModel, frame_noise: float = DEFAULT_FRAME_NOISE) -> None:
+    def __init__(
+        self, unet: UNet2DConditionModel, frame_noise: float = DEFAULT_FRAME_NOISE, frame_batch: int | None = None
+    ) -> None:
         self.unet = unet
         self.latent_channels = unet.config.in_channels
         self.frame_noise = frame_noise
+        self.frame_batch = frame_batch  # frames per UNet call; None: all at once
 
     @property
     def module(self) -> nn.Module:
@@ -42,5 +45,11 @@ class ImageSequentialDenoiser(VideoDenoiser):
         b, c, f, h, w = latents.shape
         frames = latents.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, h, w)
         embeds = cond.embeds.repeat_interleave(f, dim=0)  # (B*F, L, D)
-        out = self.unet(frames, t, encoder_hidden_states=embeds).sample  # (B*F, C, h, w)
+        n = self.frame_batch or b * f
+        out = torch.cat(
+            [
+                self.unet(frames[i : i + n], t, encoder_hidden_states=embeds[i : i + n]).sample
+                for i in range(0, b * f, n)
+            ]
+        )  # (B*F, C, h, w)
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
