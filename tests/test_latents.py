@@ -11,7 +11,7 @@ from vidiff import VideoPipeline
 from vidiff.errors import InvalidArgument, LoadError
 from vidiff.latents_io import LatentsFile, LatentsMeta, check_latents, load_latents, save_latents
 from vidiff.pipeline import Source
-from vidiff.schedules import SCHEDULERS
+from vidiff.schedules import DIFFUSION_SCHEDULERS
 
 SPLIT_ATOL = 1e-5  # max abs latent difference, float32, between a split-and-resumed run and an unsplit one
 OPTS = dict(frames=8, height=64, width=64, steps=6, seed=4, progress=False, output_type="latent")
@@ -59,7 +59,7 @@ def test_checks_name_the_file_and_the_mismatch(tmp_path):
         load_latents(tmp_path / "w.pt")
 
 
-@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("scheduler", list(DIFFUSION_SCHEDULERS))
 @pytest.mark.parametrize("fraction", [0.3, 0.6])
 def test_split_equals_unsplit(pipe, tmp_path, scheduler, fraction):
     whole = pipe("a cat", scheduler=scheduler, **OPTS).latents

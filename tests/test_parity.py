@@ -8,7 +8,7 @@ from diffusers import AnimateDiffPipeline, MotionAdapter, UNet2DConditionModel, 
 
 from vidiff import VideoPipeline
 from vidiff.adapters import merge_motion_unet
-from vidiff.schedules import SCHEDULERS, make_scheduler
+from vidiff.schedules import DIFFUSION_SCHEDULERS, make_scheduler
 from vidiff.tiny import tiny_motion_adapter, tiny_unet
 
 ATOL = 1e-4  # max abs latent difference allowed in float32
@@ -48,7 +48,7 @@ def ours_config(pipe: AnimateDiffPipeline) -> dict:
 
 
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
-@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("scheduler", list(DIFFUSION_SCHEDULERS))
 def test_latents_match_diffusers(ours, reference, scheduler, guidance):
     got = ours(
         "a red circle moving right",

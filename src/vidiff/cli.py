@@ -21,7 +21,6 @@ from .latents_io import LatentsFile, check_latents, is_latents_path, load_latent
 from .media import fit
 from .pipeline import MODES
 from .request import GenerationRequest
-from .schedules import DEFAULT_SCHEDULER
 from .train.trainer import STAGES
 
 DEFAULT_MODEL = "demo"
@@ -43,6 +42,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", default="motion", choices=MODES, help="motion modules, or frame by frame (sequential)")
     p.add_argument("--frame-noise", type=float, default=DEFAULT_FRAME_NOISE, help="sequential: per-frame noise")
     p.add_argument("--frame-batch", type=int, help="sequential: frames per UNet call (default: all)")
+    p.add_argument("--no-t5", action="store_true", help="SD 3: skip the T5 encoder (zeros in its place)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, or float16 on a GPU (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
 
@@ -62,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=25)
     gen.add_argument("--guidance-scale", type=float, default=7.5)
     gen.add_argument("--seed", type=int, help="default: random, printed at the end")
-    gen.add_argument("--scheduler", default=DEFAULT_SCHEDULER, help="ddim, euler, euler-a, dpm++2m, pndm, lms, ddpm")
+    gen.add_argument(
+        "--scheduler", help="ddim (SD 1.x default), euler, euler-a, dpm++2m, pndm, lms, ddpm; flow-euler (SD 3)"
+    )
+    gen.add_argument("--prompt-2", help="SD 3: the CLIP-G prompt (default: the prompt)")
+    gen.add_argument("--prompt-3", help="SD 3: the T5 prompt (default: the prompt)")
+    gen.add_argument("--max-sequence-length", type=int, default=256, help="SD 3: T5 tokens")
     gen.add_argument("--beta-schedule", help="override the model's: linear (AnimateDiff's), scaled_linear, ...")
     gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     gen.add_argument("--fps", type=float, default=8.0)
@@ -109,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--modes", default="motion,sequential", help="comma-separated modes to compare")
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--guidance-scale", type=float, default=7.5)
-    ev.add_argument("--scheduler", default=DEFAULT_SCHEDULER)
+    ev.add_argument("--scheduler")
     ev.add_argument("--limit", type=int, help="only the first N combinations of each split")
     ev.add_argument("--json", help="also write the summaries here")
 
@@ -152,6 +157,9 @@ def _request(args: argparse.Namespace, resume: LatentsFile | None) -> Generation
     return GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
+        prompt_2=args.prompt_2,
+        prompt_3=args.prompt_3,
+        max_sequence_length=args.max_sequence_length,
         steps=args.steps,
         guidance_scale=args.guidance_scale,
         scheduler=args.scheduler,
@@ -221,7 +229,14 @@ def generate(args: argparse.Namespace) -> None:
     resolve_dtype(args.dtype, resolve_device(args.device))
     # 2. Load the model, then resolve the request and its sources against it.
     pipe = VideoPipeline.from_pretrained(
-        args.model, args.motion_module, args.dtype, args.device, args.mode, args.frame_noise, args.frame_batch
+        args.model,
+        args.motion_module,
+        args.dtype,
+        args.device,
+        args.mode,
+        args.frame_noise,
+        args.frame_batch,
+        use_t5=not args.no_t5,
     )
     print(f"loaded {args.model} in {pipe.timings.load:.1f} s")
     source, request = _source(pipe, seed, resume, request, args)

@@ -12,6 +12,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .adapters.base import Conditioning, VideoDenoiser
+from .schedules import add_noise, scale_model_input
 
 StepCallback = Callable[[int, Tensor, Tensor], None]  # (steps done in the full list, timestep, latents)
 
@@ -57,7 +58,7 @@ def denoise(
     for i in tqdm(range(begin, stop), desc="denoising", unit="step", disable=not progress):
         t = timesteps[i]
         model_in = torch.cat([latents, latents]) if uncond is not None else latents  # (2B | B, C, F, h, w)
-        model_in = scheduler.scale_model_input(model_in, t)
+        model_in = scale_model_input(scheduler, model_in, t)
         out = denoiser.predict(model_in, t, both)  # (2B | B, C, F, h, w)
         if uncond is not None:
             out_uncond, out_cond = out.chunk(2)  # (B, C, F, h, w) each
@@ -66,7 +67,7 @@ def denoise(
         if inpaint is not None:
             keep = inpaint.source
             if i + 1 < len(timesteps):
-                keep = scheduler.add_noise(inpaint.source, inpaint.noise, timesteps[i + 1 : i + 2])
+                keep = add_noise(scheduler, inpaint.source, inpaint.noise, timesteps[i + 1 : i + 2])
             latents = (1 - inpaint.mask) * keep + inpaint.mask * latents  # (B, C, F, h, w)
         if callback is not None:
             callback(i + 1, t, latents)

@@ -32,11 +32,8 @@ DTYPES = {
     "half": torch.float16,
 }
 SD1_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-UNSUPPORTED_PIPELINES = {
-    "StableDiffusionXLPipeline": "SDXL",
-    "StableDiffusion3Pipeline": "Stable Diffusion 3",
-    "FluxPipeline": "Flux",
-}
+UNSUPPORTED_PIPELINES = {"StableDiffusionXLPipeline": "SDXL", "FluxPipeline": "Flux"}
+SD3_PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -96,8 +93,8 @@ def _tiny_random_folder() -> Path:
 def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
-    parts = (*SD1_PARTS, "motion_adapter")
-    patterns = ["model_index.json"] + [f"{p}/*.{ext}" for p in parts for ext in ("json", "txt", "safetensors")]
+    parts = (*SD1_PARTS, *SD3_PARTS, "text_encoder_3", "tokenizer_3", "motion_adapter")
+    patterns = ["model_index.json"] + [f"{p}/*.{ext}" for p in parts for ext in ("json", "txt", "model", "safetensors")]
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=["*fp16*", "*non_ema*"]))
     except Exception as e:  # network, auth, missing repo, offline cache miss: all one message
@@ -189,3 +186,47 @@ def load_vae(model: str, dtype: torch.dtype, device: torch.device) -> Autoencode
         raise LoadError("--model", f"{folder} has no vae/ folder")
     vae = _from_pretrained(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
     return vae.to(device).eval().requires_grad_(False)
+
+
+def model_family(folder: Path) -> str:
+    """'sd3' for a StableDiffusion3Pipeline folder, else 'sd1'."""
+    index = folder / "model_index.json"
+    name = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
+    return "sd3" if name == "StableDiffusion3Pipeline" or (folder / "transformer").is_dir() else "sd1"
+
+
+@dataclass
+class SD3Components:
+    """A Stable Diffusion 3 / 3.5 model: three text encoders (T5 optional), the MMDiT, the VAE."""
+
+    tokenizers: list  # [clip-l, clip-g, t5 or None]
+    text_encoders: list
+    transformer: object  # SD3Transformer2DModel
+    vae: AutoencoderKL
+    scheduler_config: dict
+    seconds: float
+
+
+def load_sd3(folder: Path, dtype: torch.dtype, device: torch.device, use_t5: bool = True) -> SD3Components:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, T5EncoderModel
+
+    start = time.perf_counter()
+    missing = [p for p in SD3_PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise LoadError("--model", f"{folder} is not a diffusers SD 3 folder (missing {', '.join(missing)})")
+    tokenizers = [_from_pretrained(CLIPTokenizer.from_pretrained, folder / p) for p in ("tokenizer", "tokenizer_2")]
+    encoders = [
+        _from_pretrained(CLIPTextModelWithProjection.from_pretrained, folder / p, dtype=dtype)
+        for p in ("text_encoder", "text_encoder_2")
+    ]
+    has_t5 = use_t5 and (folder / "text_encoder_3").is_dir()
+    tokenizers.append(_from_pretrained(AutoTokenizer.from_pretrained, folder / "tokenizer_3") if has_t5 else None)
+    t5 = _from_pretrained(T5EncoderModel.from_pretrained, folder / "text_encoder_3", dtype=dtype) if has_t5 else None
+    encoders.append(t5)
+    transformer = _from_pretrained(SD3Transformer2DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)
+    vae = _from_pretrained(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
+    config = dict(_from_pretrained(FlowMatchEulerDiscreteScheduler.load_config, folder / "scheduler"))
+    for module in (*[e for e in encoders if e is not None], transformer, vae):
+        module.to(device).eval().requires_grad_(False)
+    return SD3Components(tokenizers, encoders, transformer, vae, config, time.perf_counter() - start)

@@ -14,14 +14,18 @@ from torch import Tensor
 
 from .adapters.base import VideoDenoiser
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE, ImageSequentialDenoiser
+from .adapters.sd3_temporal import SD3Denoiser
+from .adapters.unet_image import UNetFramesDenoiser
 from .adapters.unet_motion import UNetMotionDenoiser
 from .codec import decode_frames, encode_frames
 from .denoise import Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
 from .latents_io import LatentsFile, LatentsMeta
-from .loading import load_sd1, resolve_device, resolve_dtype
+from .loading import load_sd1, load_sd3, model_family, resolve_device, resolve_dtype, resolve_model_folder
+from .motion.sd3_temporal import SD3TemporalLayers
 from .request import GenerationRequest
 from .schedules import (
+    add_noise,
     img2img_begin,
     make_scheduler,
     restore_scheduler_state,
@@ -30,7 +34,7 @@ from .schedules import (
     scheduler_state,
     timesteps_for,
 )
-from .text import ClipPromptEncoder
+from .text import ClipPromptEncoder, SD3PromptEncoder
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 MODES = ("motion", "sequential")  # all frames denoised together through motion modules | frame by frame
@@ -97,7 +101,7 @@ class VideoPipeline:
 
     def __init__(
         self,
-        prompt_encoder: ClipPromptEncoder,
+        prompt_encoder: ClipPromptEncoder | SD3PromptEncoder,
         denoiser: VideoDenoiser,
         vae: AutoencoderKL,
         scheduler_config: dict,
@@ -122,24 +126,29 @@ class VideoPipeline:
         mode: str = "motion",
         frame_noise: float = DEFAULT_FRAME_NOISE,
         frame_batch: int | None = None,
+        use_t5: bool = True,
     ) -> VideoPipeline:
-        """An SD 1.x folder or hub id plus an AnimateDiff motion module (folder or original single file).
+        """An SD 1.x folder or hub id plus an AnimateDiff motion module (folder or original single file), or an
+        SD 3 / 3.5 folder plus vidiff temporal layers (`motion_module`, a .safetensors; T5 optional).
 
         `mode="sequential"` uses the image UNet alone: frames from shared noise plus `frame_noise`, denoised
         independently, `frame_batch` frames per UNet call (default: all).
         """
         if mode not in MODES:
             raise InvalidArgument("--mode", f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+        if frame_batch is not None and frame_batch < 1:
+            raise InvalidArgument("--frame-batch", f"must be >= 1, got {frame_batch}")
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        parts = load_sd1(model, motion_module, torch_dtype, torch_device, motion=mode == "motion")
+        folder = resolve_model_folder(model)
+        if model_family(folder) == "sd3":
+            return cls._sd3(folder, motion_module, torch_dtype, torch_device, mode, frame_noise, frame_batch, use_t5)
+        parts = load_sd1(str(folder), motion_module, torch_dtype, torch_device, motion=mode == "motion")
         vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
         if mode == "motion":
             denoiser: VideoDenoiser = UNetMotionDenoiser(parts.unet)
         else:
-            if frame_batch is not None and frame_batch < 1:
-                raise InvalidArgument("--frame-batch", f"must be >= 1, got {frame_batch}")
-            denoiser = ImageSequentialDenoiser(parts.unet, frame_noise, frame_batch)
+            denoiser = ImageSequentialDenoiser(UNetFramesDenoiser(parts.unet), frame_noise, frame_batch)
         return cls(
             ClipPromptEncoder(parts.tokenizer, parts.text_encoder),
             denoiser,
@@ -149,13 +158,33 @@ class VideoPipeline:
             load_seconds=parts.seconds,
         )
 
+    @classmethod
+    def _sd3(cls, folder, temporal_path, dtype, device, mode, frame_noise, frame_batch, use_t5) -> VideoPipeline:
+        """SD 3 / 3.5: with temporal layers all frames are denoised together; without, frame by frame."""
+        parts = load_sd3(folder, dtype, device, use_t5)
+        temporal = SD3TemporalLayers.load(temporal_path) if temporal_path else None
+        if temporal is not None and mode == "motion":
+            denoiser: VideoDenoiser = SD3Denoiser(parts.transformer, temporal)
+        else:
+            denoiser = ImageSequentialDenoiser(SD3Denoiser(parts.transformer), frame_noise, frame_batch)
+        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        encoder = SD3PromptEncoder(parts.tokenizers, parts.text_encoders, parts.transformer.config.joint_attention_dim)
+        return cls(
+            encoder,
+            denoiser,
+            parts.vae,
+            parts.scheduler_config,
+            default_size=parts.transformer.config.sample_size * vae_scale,
+            load_seconds=parts.seconds,
+        )
+
     @property
     def device(self) -> torch.device:
         return self.denoiser.device
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Validate a request against this model and fill in its size and seed."""
-        return request.resolved(self.default_size, self.denoiser.max_frames)
+        return request.resolved(self.default_size, self.denoiser.max_frames, self.denoiser.family)
 
     @torch.inference_mode()
     def generate_latents(
@@ -170,12 +199,20 @@ class VideoPipeline:
         source = source or Source()
         # 1. Encode the prompt (and the negative prompt for classifier-free guidance).
         start = time.perf_counter()
-        cond = self.prompt_encoder([request.prompt] * request.num_videos)
-        uncond = self.prompt_encoder([request.negative_prompt] * request.num_videos) if request.cfg else None
+        n = request.num_videos
+        extra = {"max_sequence_length": request.max_sequence_length}
+        cond = self.prompt_encoder(
+            [request.prompt] * n,
+            prompts_2=[request.prompt_2] * n if request.prompt_2 is not None else None,
+            prompts_3=[request.prompt_3] * n if request.prompt_3 is not None else None,
+            **extra,
+        )
+        uncond = self.prompt_encoder([request.negative_prompt] * n, **extra) if request.cfg else None
         self.timings.encode = time.perf_counter() - start
         # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
         scheduler = make_scheduler(request.scheduler, self.scheduler_config, request.beta_schedule)
-        timesteps = timesteps_for(scheduler, request.steps, self.device)
+        h, w = self.latent_size(request)
+        timesteps = timesteps_for(scheduler, request.steps, self.device, tokens=h * w // 4)
         train_steps = scheduler.config.num_train_timesteps
         begin, stop = schedule_slice(timesteps, train_steps, request.denoising_start, request.denoising_end)
         # 3. Noise from a CPU generator (same seed, same video on every device), drawn whatever the start.
@@ -193,9 +230,9 @@ class VideoPipeline:
             scheduler.set_begin_index(min(begin, len(timesteps) - 1))
         if source.latents is None and source_latents is not None:
             at = timesteps[begin : begin + 1]
-            latents = scheduler.add_noise(source_latents, noise, at) if begin < len(timesteps) else source_latents
+            latents = add_noise(scheduler, source_latents, noise, at) if begin < len(timesteps) else source_latents
         elif source.latents is None:
-            latents = noise * scheduler.init_noise_sigma  # (B, C, F, h, w)
+            latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # (B, C, F, h, w)
         inpaint = None
         if source.mask is not None:
             if source_latents is None:

@@ -6,7 +6,9 @@ import secrets
 from dataclasses import dataclass, replace
 
 from .errors import InvalidArgument
-from .schedules import BETA_SCHEDULES, DEFAULT_SCHEDULER, scheduler_class
+from .schedules import BETA_SCHEDULES, DEFAULT_SCHEDULER, FLOW_SCHEDULERS, SCHEDULERS, scheduler_class
+
+FLOW_CLASSES = tuple(SCHEDULERS[name] for name in FLOW_SCHEDULERS)
 
 SIZE_MULTIPLE = 8  # pixels per latent cell in every supported VAE
 
@@ -17,13 +19,16 @@ class GenerationRequest:
 
     prompt: str
     negative_prompt: str = ""
+    prompt_2: str | None = None  # SD 3: CLIP-G's prompt (default: prompt)
+    prompt_3: str | None = None  # SD 3: T5's prompt (default: prompt)
+    max_sequence_length: int = 256  # SD 3: T5 tokens
     frames: int = 16
     height: int | None = None  # None: the model's native size
     width: int | None = None
     steps: int = 25
     guidance_scale: float = 7.5  # classifier-free guidance is on when > 1, as in diffusers
     seed: int | None = None  # None: a fresh random seed, recorded in the resolved request
-    scheduler: str = DEFAULT_SCHEDULER
+    scheduler: str | None = None  # None: the model family's default (ddim for SD 1.x, flow-euler for SD 3)
     beta_schedule: str | None = None  # None: the model folder's own
     eta: float = 0.0  # DDIM's eta; ignored by other schedulers
     num_videos: int = 1
@@ -57,16 +62,26 @@ class GenerationRequest:
             raise InvalidArgument("--denoising-end", "must be greater than --denoising-start")
         if not 0.0 <= self.strength <= 1.0:
             raise InvalidArgument("--image-seed-strength", f"must be in [0, 1], got {self.strength}")
-        scheduler_class(self.scheduler)
+        if self.scheduler is not None:
+            scheduler_class(self.scheduler)
+        _positive("--max-sequence-length", self.max_sequence_length)
         if self.beta_schedule is not None and self.beta_schedule not in BETA_SCHEDULES:
             raise InvalidArgument(
                 "--beta-schedule",
                 f"unknown beta schedule {self.beta_schedule!r} (choose from {', '.join(BETA_SCHEDULES)})",
             )
 
-    def resolved(self, default_size: int, max_frames: int | None) -> GenerationRequest:
-        """Validated against the model, with size and seed filled in."""
+    def resolved(self, default_size: int, max_frames: int | None, family: str = "sd1") -> GenerationRequest:
+        """Validated against the model, with size, seed and scheduler filled in."""
         self.validate()
+        scheduler = self.scheduler or ("flow-euler" if family == "sd3" else DEFAULT_SCHEDULER)
+        if (family == "sd3") != (scheduler_class(scheduler) in FLOW_CLASSES):
+            kind = "flow-matching (flow-euler)" if family == "sd3" else "diffusion"
+            raise InvalidArgument(
+                "--scheduler", f"{scheduler} does not fit this {family} model: it needs a {kind} scheduler"
+            )
+        if family != "sd3" and (self.prompt_2 is not None or self.prompt_3 is not None):
+            raise InvalidArgument("--prompt-2", "only SD 3 models have second and third text encoders")
         if max_frames is not None and self.frames > max_frames:
             raise InvalidArgument(
                 "--frames",
@@ -77,6 +92,7 @@ class GenerationRequest:
             height=self.height or default_size,
             width=self.width or default_size,
             seed=secrets.randbelow(2**31) if self.seed is None else self.seed,
+            scheduler=scheduler,
         )
 
 

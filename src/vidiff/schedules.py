@@ -14,6 +14,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
 )
@@ -29,7 +30,10 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "pndm": PNDMScheduler,
     "lms": LMSDiscreteScheduler,
     "ddpm": DDPMScheduler,
+    "flow-euler": FlowMatchEulerDiscreteScheduler,  # flow matching: SD 3's
 }
+FLOW_SCHEDULERS = ("flow-euler",)
+DIFFUSION_SCHEDULERS = tuple(name for name in SCHEDULERS if name not in FLOW_SCHEDULERS)  # SD 1.x's
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DEFAULT_SCHEDULER = "ddim"
 # Scheduler attributes that change while stepping (DPM-Solver, LMS and PNDM histories, step counters).
@@ -81,10 +85,35 @@ def scheduler_name(scheduler: SchedulerMixin) -> str:
     return type(scheduler).__name__
 
 
-def timesteps_for(scheduler: SchedulerMixin, steps: int, device: torch.device) -> torch.Tensor:
-    """Set `steps` inference steps and return the full, explicit timestep list the loop will walk."""
-    scheduler.set_timesteps(steps, device=device)
+def timesteps_for(scheduler: SchedulerMixin, steps: int, device: torch.device, tokens: int = 0) -> torch.Tensor:
+    """Set `steps` inference steps and return the full, explicit timestep list the loop will walk.
+
+    Flow-matching schedulers with dynamic shifting get diffusers' resolution-dependent shift (`tokens`
+    image tokens per frame)."""
+    kwargs = {}
+    if scheduler.config.get("use_dynamic_shifting"):
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+        c = scheduler.config
+        kwargs["mu"] = calculate_shift(
+            tokens, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+            c.get("max_shift", 1.16),
+        )  # fmt: skip
+    scheduler.set_timesteps(steps, device=device, **kwargs)
     return scheduler.timesteps  # (steps * order,)
+
+
+def scale_model_input(scheduler: SchedulerMixin, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The scheduler's input scaling (identity for flow matching, which has none)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return scale(x, t) if scale is not None else x
+
+
+def add_noise(scheduler: SchedulerMixin, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Clean latents noised to timestep t (diffusion's add_noise, flow matching's scale_noise)."""
+    if hasattr(scheduler, "add_noise"):
+        return scheduler.add_noise(x, noise, t)
+    return scheduler.scale_noise(x, t, noise)
 
 
 def schedule_slice(

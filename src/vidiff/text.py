@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .adapters.base import Conditioning
@@ -16,7 +17,8 @@ class ClipPromptEncoder:
         self.text_encoder = text_encoder
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str]) -> Conditioning:
+    def __call__(self, prompts: list[str], **_unused) -> Conditioning:
+        """`prompts` through the one CLIP; SD 3's extra prompts do not apply (the request rejects them)."""
         tokens = self.tokenizer(
             prompts,
             padding="max_length",
@@ -29,3 +31,48 @@ class ClipPromptEncoder:
         mask = tokens.attention_mask.to(device) if use_mask else None
         embeds = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]  # (B, 77, D)
         return Conditioning(embeds=embeds.to(self.text_encoder.dtype))
+
+
+class SD3PromptEncoder:
+    """SD 3's three encoders, as diffusers' StableDiffusion3Pipeline.encode_prompt: CLIP-L and CLIP-G
+    penultimate states side by side, padded to T5's width and followed by T5's tokens (zeros without T5);
+    pooled = both CLIP projections."""
+
+    def __init__(self, tokenizers: list, encoders: list, joint_attention_dim: int) -> None:
+        self.tokenizers = tokenizers  # [clip-l, clip-g, t5 or None]
+        self.encoders = encoders
+        self.joint_attention_dim = joint_attention_dim
+
+    def _clip(self, i: int, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        tokenizer, encoder = self.tokenizers[i], self.encoders[i]
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        return out.hidden_states[-2].to(encoder.dtype), out[0].to(encoder.dtype)  # (B, 77, D), (B, P)
+
+    def _t5(self, prompts: list[str], max_sequence_length: int) -> Tensor:
+        tokenizer, encoder = self.tokenizers[2], self.encoders[2]
+        if encoder is None:
+            dtype, device = self.encoders[0].dtype, self.encoders[0].device
+            return torch.zeros(len(prompts), max_sequence_length, self.joint_attention_dim, dtype=dtype, device=device)
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=max_sequence_length, truncation=True, add_special_tokens=True,
+            return_tensors="pt",
+        ).input_ids  # fmt: skip
+        return encoder(ids.to(encoder.device))[0].to(encoder.dtype)  # (B, L, D_t5)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: list[str],
+        prompts_2: list[str] | None = None,
+        prompts_3: list[str] | None = None,
+        max_sequence_length: int = 256,
+    ) -> Conditioning:
+        l_states, l_pooled = self._clip(0, prompts)
+        g_states, g_pooled = self._clip(1, prompts_2 or prompts)
+        t5 = self._t5(prompts_3 or prompts, max_sequence_length)  # (B, L, D_t5)
+        clip = torch.cat([l_states, g_states], dim=-1)  # (B, 77, D_l + D_g)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # (B, 77, D_t5)
+        return Conditioning(embeds=torch.cat([clip, t5], dim=-2), pooled=torch.cat([l_pooled, g_pooled], dim=-1))

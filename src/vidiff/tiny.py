@@ -111,3 +111,70 @@ def save_tiny_sd1(folder: str | Path, seed: int = 0, motion_adapter: bool = Fals
         tiny_motion_adapter().save_pretrained(folder / "motion_adapter")
     write_model_index(folder, motion_adapter)
     return folder
+
+
+def byte_level_t5_tokenizer(folder: Path):
+    """A T5 tokenizer (Unigram over single characters, `</s>` appended), built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    pieces += [(chr(c), -2.0) for c in range(33, 127)]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = T5TokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def save_tiny_sd3(folder: str | Path, seed: int = 0, t5: bool = True) -> Path:
+    """Write a tiny SD 3 diffusers folder: MMDiT, CLIP-L/G with projections, optional T5, 16-channel VAE."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    SD3Transformer2DModel(
+        sample_size=8, patch_size=1, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=16,
+    ).save_pretrained(folder / "transformer")  # fmt: skip
+    for i, name in enumerate(("", "_2")):
+        tokenizer = byte_level_clip_tokenizer(folder / f"tokenizer{name}")
+        tokenizer.save_pretrained(folder / f"tokenizer{name}")
+        vocab = len(tokenizer)
+        config = CLIPTextConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=77, projection_dim=32, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+            pad_token_id=vocab - 1, hidden_act="gelu",
+        )  # fmt: skip
+        torch.manual_seed(seed + 1 + i)
+        CLIPTextModelWithProjection(config).save_pretrained(folder / f"text_encoder{name}")
+    index = {"_class_name": "StableDiffusion3Pipeline", "text_encoder_3": [None, None], "tokenizer_3": [None, None]}
+    if t5:
+        tokenizer = byte_level_t5_tokenizer(folder / "tokenizer_3")
+        T5EncoderModel(
+            T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4)
+        ).save_pretrained(folder / "text_encoder_3")
+        index |= {
+            "text_encoder_3": ["transformers", "T5EncoderModel"],
+            "tokenizer_3": ["transformers", "T5TokenizerFast"],
+        }
+    AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
+        sample_size=64, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
+    ).save_pretrained(folder / "vae")  # fmt: skip
+    FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(folder / "scheduler")
+    index |= {
+        "transformer": ["diffusers", "SD3Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

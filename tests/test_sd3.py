@@ -1,0 +1,120 @@
+"""SD 3: frame-by-frame parity with diffusers' StableDiffusion3Pipeline; temporal layers' contract."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import StableDiffusion3Pipeline
+
+from vidiff import VideoPipeline
+from vidiff.adapters.base import Conditioning
+from vidiff.adapters.sd3_temporal import SD3Denoiser
+from vidiff.errors import InvalidArgument, LoadError
+from vidiff.motion.sd3_temporal import SD3TemporalLayers
+from vidiff.tiny import save_tiny_sd3
+
+ATOL = 1e-4  # max abs latent difference vs diffusers, float32
+OPTS = dict(frames=3, height=64, width=64, steps=4, seed=6, progress=False, output_type="latent")
+
+
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory) -> Path:
+    return save_tiny_sd3(tmp_path_factory.mktemp("sd3") / "model")
+
+
+@pytest.fixture(scope="module")
+def seq(sd3_folder) -> VideoPipeline:
+    return VideoPipeline.from_pretrained(str(sd3_folder))
+
+
+@pytest.mark.parametrize("use_t5", [True, False])
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_each_frame_equals_diffusers(sd3_folder, use_t5, guidance):
+    ours = VideoPipeline.from_pretrained(str(sd3_folder), use_t5=use_t5)
+    got = ours("a cat", guidance_scale=guidance, max_sequence_length=16, **OPTS).latents  # (1, 16, F, 8, 8)
+    extra = {} if use_t5 else {"text_encoder_3": None, "tokenizer_3": None}
+    ref = StableDiffusion3Pipeline.from_pretrained(sd3_folder, **extra)
+    ref.set_progress_bar_config(disable=True)
+    start = ours.denoiser.initial_noise((1, 16, 3, 8, 8), torch.Generator("cpu").manual_seed(6), "cpu", torch.float32)
+    for f in range(3):
+        want = ref("a cat", num_inference_steps=4, guidance_scale=guidance, latents=start[:, :, f], height=64,
+                   width=64, output_type="latent", max_sequence_length=16).images  # fmt: skip
+        assert (got[:, :, f] - want).abs().max().item() <= ATOL
+
+
+def _inputs(seq: VideoPipeline, frames: int):
+    torch.manual_seed(0)
+    latents = torch.randn(1, 16, frames, 8, 8)  # (B, C, F, h, w)
+    cond = seq.prompt_encoder(["a cat"], max_sequence_length=16)
+    return latents, torch.tensor(500.0), cond
+
+
+def test_zero_initialised_temporal_layers_change_nothing(seq):
+    transformer = seq.denoiser.image.transformer
+    latents, t, cond = _inputs(seq, 4)
+    with torch.no_grad():
+        plain = SD3Denoiser(transformer).predict(latents, t, cond)
+        layers = SD3TemporalLayers.for_transformer(transformer)
+        with_layers = SD3Denoiser(transformer, layers)
+        assert torch.equal(with_layers.predict(latents, t, cond), plain)  # exact, float32
+        layers.detach()
+
+
+def test_trained_layers_mix_frames_and_one_frame_is_the_image_model(seq):
+    transformer = seq.denoiser.image.transformer
+    layers = SD3TemporalLayers.for_transformer(transformer)
+    for layer in layers.layers.values():
+        torch.nn.init.normal_(layer.to_out.weight, std=0.2)
+    denoiser = SD3Denoiser(transformer, layers)
+    latents, t, cond = _inputs(seq, 4)
+    with torch.no_grad():
+        base = denoiser.predict(latents, t, cond)
+        moved = latents.clone()
+        moved[:, :, 0] += 1.0
+        other = denoiser.predict(moved, t, cond)
+        assert (other[:, :, 1:] - base[:, :, 1:]).abs().amax() > 1e-4  # frames interact
+        one = denoiser.predict(latents[:, :, :1], t, cond)
+        layers.detach()
+        assert torch.equal(one, SD3Denoiser(transformer).predict(latents[:, :, :1], t, cond))
+
+
+def test_gradient_reaches_only_the_temporal_layers(seq):
+    transformer = seq.denoiser.image.transformer
+    layers = SD3TemporalLayers.for_transformer(transformer)
+    denoiser = SD3Denoiser(transformer, layers)
+    latents, t, cond = _inputs(seq, 4)
+    cond = Conditioning(cond.embeds.detach(), cond.pooled.detach())
+    with torch.enable_grad():
+        layers.requires_grad_(True)
+        denoiser.predict(latents, t, cond).square().mean().backward()
+    layers.detach()
+    assert all(p.grad is None for p in transformer.parameters())
+    assert all(layer.to_out.weight.grad.abs().sum() > 0 for layer in layers.layers.values())
+
+
+def test_save_load_round_trip_and_bad_inputs(seq, tmp_path, sd3_folder):
+    transformer = seq.denoiser.image.transformer
+    layers = SD3TemporalLayers.for_transformer(transformer, blocks=[1], max_frames=8)
+    torch.nn.init.normal_(layers.layers["1"].to_out.weight)
+    layers.save(tmp_path / "t.safetensors")
+    back = SD3TemporalLayers.load(tmp_path / "t.safetensors")
+    assert back.config == layers.config
+    assert all(torch.equal(a, b) for a, b in zip(layers.state_dict().values(), back.state_dict().values(), strict=True))
+    pipe = VideoPipeline.from_pretrained(str(sd3_folder), motion_module=str(tmp_path / "t.safetensors"))
+    assert pipe("a cat", **OPTS).latents.shape == (1, 16, 3, 8, 8)
+    with pytest.raises(InvalidArgument, match="9 frames exceed the motion module's positional table of 8"):
+        pipe("a cat", **{**OPTS, "frames": 9})
+    pipe.denoiser.temporal.detach()
+    SD3TemporalLayers(64, 4, [0]).save(tmp_path / "wide.safetensors")
+    with pytest.raises(LoadError, match="temporal layers of width 64; this transformer is 32 wide"):
+        VideoPipeline.from_pretrained(str(sd3_folder), motion_module=str(tmp_path / "wide.safetensors"))
+
+
+def test_sd3_refuses_diffusion_schedulers_and_sd1_refuses_prompt_2(seq, sd1_folder):
+    with pytest.raises(InvalidArgument, match="needs a flow-matching"):
+        seq("a cat", scheduler="ddim", **OPTS)
+    sd1 = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential")
+    with pytest.raises(InvalidArgument, match="--prompt-2"):
+        sd1("a cat", prompt_2="x", **OPTS)
