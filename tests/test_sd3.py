@@ -118,3 +118,21 @@ def test_sd3_refuses_diffusion_schedulers_and_sd1_refuses_prompt_2(seq, sd1_fold
     sd1 = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential")
     with pytest.raises(InvalidArgument, match="--prompt-2"):
         sd1("a cat", prompt_2="x", **OPTS)
+
+
+def test_motion_stage_trains_only_temporal_layers(sd3_folder, tmp_path):
+    from safetensors.torch import load_file
+
+    from vidiff.train import TrainConfig, train
+
+    before = load_file(sd3_folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    out = tmp_path / "temporal.safetensors"
+    cfg = TrainConfig(stage="motion", model=sd3_folder, out=out, steps=4, batch_size=1, frames=4, warmup=1, lr=1e-3)
+    losses = train(cfg, progress=False)
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    after = load_file(sd3_folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    layers = SD3TemporalLayers.load(out)
+    assert any(layer.to_out.weight.abs().max() > 0 for layer in layers.layers.values())  # moved off zero
+    pipe = VideoPipeline.from_pretrained(str(sd3_folder), motion_module=str(out))
+    assert pipe("a red circle moving right", **OPTS).latents.shape == (1, 16, 3, 8, 8)

@@ -31,7 +31,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ..adapters.unet_motion import merge_motion_unet
 from ..demo import model as demo
 from ..errors import InvalidArgument
-from ..loading import DTYPES
+from ..loading import DTYPES, model_family
 from ..motion.animatediff_format import load_motion_adapter
 from .data import open_data
 
@@ -46,7 +46,7 @@ class TrainConfig:
     stage: str
     model: Path  # the SD 1.x folder: trained in place (vae, image) or frozen (motion)
     data: str = "demo"  # "demo" or a folder of captioned videos
-    out: Path | None = None  # motion stage: the MotionAdapter folder (default: model/motion_adapter)
+    out: Path | None = None  # motion stage: MotionAdapter folder (SD 1.x) or temporal .safetensors (SD 3)
     steps: int = 1000
     batch_size: int = 16
     lr: float | None = None  # default per stage
@@ -71,8 +71,10 @@ class TrainConfig:
 
     @property
     def checkpoint(self) -> Path:
-        folder = self.out if self.stage == "motion" and self.out else self.model
-        return folder / f".train-{self.stage}.pt"
+        if self.stage == "motion" and self.out:
+            folder = self.out.parent if self.out.suffix == ".safetensors" else self.out
+            return folder / f".train-{self.stage}-{self.out.stem}.pt"
+        return self.model / f".train-{self.stage}.pt"
 
 
 class Stage:
@@ -225,6 +227,55 @@ class MotionStage(Stage):
             demo.write_model_index(self.cfg.model, motion_adapter=True)
 
 
+class SD3MotionStage(Stage):
+    """SD 3 / 3.5: train vidiff's temporal layers with the transformer frozen (rectified-flow loss)."""
+
+    def __init__(self, cfg: TrainConfig, data) -> None:
+        from ..loading import load_sd3
+        from ..motion.sd3_temporal import SD3TemporalLayers
+        from ..text import SD3PromptEncoder
+
+        parts = load_sd3(cfg.model, torch.float32, torch.device("cpu"))
+        self.vae, self.transformer = parts.vae, parts.transformer
+        self.encoder = SD3PromptEncoder(
+            parts.tokenizers, parts.text_encoders, parts.transformer.config.joint_attention_dim
+        )
+        self.out = cfg.out or cfg.model / "temporal.safetensors"
+        if self.out.is_file():
+            self.layers = SD3TemporalLayers.load(self.out)
+        else:
+            self.layers = SD3TemporalLayers.for_transformer(self.transformer, max_frames=max(32, cfg.frames))
+        self.layers.attach(self.transformer)
+        self.modules = {"temporal": self.layers.train()}
+        self.cfg, self.data = cfg, data
+
+    def loss(self, rng, gen):
+        videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
+        b, f = videos.shape[:2]
+        c = self.vae.config
+        with torch.no_grad():
+            z = self.vae.encode(videos.flatten(0, 1)).latent_dist.mean  # (B*F, C, h, w)
+            z = (z - (c.shift_factor or 0.0)) * c.scaling_factor
+            captions = ["" if rng.random() < self.cfg.uncond_prob else t for t in captions]
+            cond = self.encoder(captions, max_sequence_length=77)
+        sigma = torch.rand(b, generator=gen).repeat_interleave(f)[:, None, None, None]  # one time per clip
+        noise = torch.randn(z.shape, generator=gen)
+        noisy = (1 - sigma) * z + sigma * noise  # (B*F, C, h, w)
+        self.layers.frames = f
+        pred = self.transformer(
+            hidden_states=noisy,
+            timestep=sigma.flatten() * 1000,
+            encoder_hidden_states=cond.embeds.repeat_interleave(f, dim=0),
+            pooled_projections=cond.pooled.repeat_interleave(f, dim=0),
+            return_dict=False,
+        )[0]
+        return F.mse_loss(pred, noise - z)  # the flow's velocity
+
+    def export(self, dtype):
+        self.layers.to(dtype).save(self.out)
+        self.layers.to(torch.float32)
+
+
 def _save_checkpoint(path: Path, stage: Stage, opt: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "losses": losses, "optimizer": opt.state_dict()}
@@ -241,7 +292,10 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float
     data = open_data(cfg.data, cfg.frames, cfg.size)
     if cfg.stage != "vae" and not (cfg.model / "vae").is_dir():
         raise InvalidArgument("--model", f"{cfg.model} has no vae/: train the vae stage first")
-    stage = {"vae": VaeStage, "image": ImageStage, "motion": MotionStage}[cfg.stage](cfg, data)
+    stages = {"vae": VaeStage, "image": ImageStage, "motion": MotionStage}
+    if cfg.stage == "motion" and model_family(cfg.model) == "sd3":
+        stages["motion"] = SD3MotionStage
+    stage = stages[cfg.stage](cfg, data)
     params = stage.params()
     lr = cfg.lr or DEFAULT_LR[cfg.stage]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
