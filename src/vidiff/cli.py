@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .accel.pab import PABConfig
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .errors import InvalidArgument, VidiffError
 from .image_seeds import ImageSeed
@@ -239,6 +240,12 @@ def generate(args: argparse.Namespace) -> None:
         use_t5=not args.no_t5,
     )
     print(f"loaded {args.model} in {pipe.timings.load:.1f} s")
+    if args.pab:
+        for flag in ("pab_spatial", "pab_temporal", "pab_cross"):
+            if getattr(args, flag) < 1:
+                raise InvalidArgument(f"--{flag.replace('_', '-')}", "must be >= 1 (1: never skip)")
+        span = tuple(args.pab_range)
+        pipe.enable_pab(PABConfig(args.pab_spatial, args.pab_temporal, args.pab_cross, span, span, span))
     source, request = _source(pipe, seed, resume, request, args)
     output = args.output or _default_output(request.prompt, request.seed)
     resume_file = Path(f"{output}.resume.safetensors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -15,6 +16,14 @@ from .adapters.base import Conditioning, VideoDenoiser
 from .schedules import add_noise, scale_model_input
 
 StepCallback = Callable[[int, Tensor, Tensor], None]  # (steps done in the full list, timestep, latents)
+
+
+class Cache(Protocol):
+    """An accelerator with state across steps (Pyramid Attention Broadcast): reset per run, told each timestep."""
+
+    def reset(self) -> None: ...
+
+    def step(self, timestep: float) -> None: ...
 
 
 @dataclass
@@ -51,12 +60,17 @@ def denoise(
     begin: int = 0,
     stop: int | None = None,
     inpaint: Inpaint | None = None,
+    cache: Cache | None = None,
 ) -> Tensor:
     """Walk timesteps[begin:stop], stepping latents (B, C, F, h, w); with `uncond`, one batched CFG pass per step."""
     both = Conditioning.cat([uncond, cond]) if uncond is not None else cond  # (2B, ...) or (B, ...)
     stop = len(timesteps) if stop is None else stop
+    if cache is not None:
+        cache.reset()  # no state crosses generations
     for i in tqdm(range(begin, stop), desc="denoising", unit="step", disable=not progress):
         t = timesteps[i]
+        if cache is not None:
+            cache.step(t.item())
         model_in = torch.cat([latents, latents]) if uncond is not None else latents  # (2B | B, C, F, h, w)
         model_in = scale_model_input(scheduler, model_in, t)
         out = denoiser.predict(model_in, t, both)  # (2B | B, C, F, h, w)

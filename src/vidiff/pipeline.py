@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
+from .accel.pab import PAB, PABConfig, apply_pab, remove_pab
 from .adapters.base import VideoDenoiser
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE, ImageSequentialDenoiser
 from .adapters.sd3_temporal import SD3Denoiser
@@ -115,6 +116,7 @@ class VideoPipeline:
         self.default_size = default_size
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.timings = Timings(load=load_seconds)
+        self.pab: PAB | None = None
 
     @classmethod
     def from_pretrained(
@@ -255,12 +257,45 @@ class VideoPipeline:
             begin=begin,
             stop=stop,
             inpaint=inpaint,
+            cache=self.pab,
         )
         self.timings.denoise = time.perf_counter() - start
         self.timings.steps = max(stop - begin, 0)
         self.timings.decode = 0.0
         self.timings.frames = request.frames * request.num_videos
         return latents
+
+    def enable_pab(self, config: PABConfig | None = None) -> PAB:
+        """Pyramid Attention Broadcast on this pipeline's backbone (replacing any earlier configuration)."""
+        self.disable_pab()
+        self.pab = apply_pab(self.denoiser, config)
+        return self.pab
+
+    def disable_pab(self) -> None:
+        if self.pab is not None:
+            remove_pab(self.pab)
+            self.pab = None
+
+    def enable_pyramid_attention_broadcast(
+        self,
+        spatial_attn_skip_range: int | None = 2,
+        temporal_attn_skip_range: int | None = 3,
+        cross_attn_skip_range: int | None = 6,
+        spatial_attn_timestep_range=(100, 800),
+        temporal_attn_timestep_range=(100, 800),
+        cross_attn_timestep_range=(100, 800),
+    ) -> PAB:
+        """The seeds' spelling of `enable_pab`."""
+        return self.enable_pab(
+            PABConfig(
+                spatial_attn_skip_range,
+                temporal_attn_skip_range,
+                cross_attn_skip_range,
+                tuple(spatial_attn_timestep_range),
+                tuple(temporal_attn_timestep_range),
+                tuple(cross_attn_timestep_range),
+            )
+        )
 
     def latent_size(self, request: GenerationRequest) -> tuple[int, int]:
         return request.height // self.vae_scale_factor, request.width // self.vae_scale_factor

@@ -27,6 +27,14 @@ class SD3Denoiser(VideoDenoiser):
     def module(self) -> nn.Module:
         return self.transformer
 
+    def attention_modules(self) -> dict[str, nn.Module]:
+        from diffusers.models.attention_processor import Attention
+
+        found = {n: m for n, m in self.transformer.named_modules() if isinstance(m, Attention)}
+        if self.temporal is not None:
+            found |= {f"temporal.layers.{i}": layer for i, layer in self.temporal.layers.items()}
+        return found
+
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         b, c, f, h, w = latents.shape
         frames = latents.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, h, w)

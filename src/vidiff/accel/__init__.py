@@ -1,0 +1,1 @@
+"""Accelerators that follow diffusers' hook pattern: Config, State, Hook, apply_*, remove_*."""

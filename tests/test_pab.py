@@ -1,0 +1,85 @@
+"""Pyramid Attention Broadcast: off/on/off, computed vs reused counts per the ranges, resets, clean removal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidiff import VideoPipeline
+from vidiff.accel.pab import PABConfig, attention_kinds
+from vidiff.tiny import save_tiny_sd3
+
+OPTS = dict(frames=4, height=64, width=64, steps=10, seed=1, progress=False, output_type="latent")
+
+
+@pytest.fixture(scope="module")
+def motion(sd1_folder, adapter_folder) -> VideoPipeline:
+    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder))
+
+
+def test_motion_unet_attention_is_told_apart(motion):
+    kinds = attention_kinds("sd1", motion.denoiser.attention_modules())
+    temporal = [n for n, k in kinds.items() if k == "temporal"]
+    assert temporal and all("motion_modules" in n for n in temporal)
+    assert all(n.endswith("attn1") for n, k in kinds.items() if k == "spatial")
+    assert all(n.endswith("attn2") and "motion_modules" not in n for n, k in kinds.items() if k == "cross")
+    assert set(kinds) == set(motion.denoiser.attention_modules())
+
+
+def expected(timesteps: list[float], skip: int, span=(100, 800)) -> tuple[int, int]:
+    """(computed, reused) for one module called once per step."""
+    computed = sum(1 for i, t in enumerate(timesteps) if i == 0 or not span[0] < t < span[1] or i % skip == 0)
+    return computed, len(timesteps) - computed
+
+
+def test_off_on_off_and_counts(motion):
+    off = motion("a cat", **OPTS).latents
+    pab = motion.enable_pab(PABConfig(spatial_skip=2, temporal_skip=3, cross_skip=4))
+    on = motion("a cat", **OPTS).latents
+    kinds = attention_kinds("sd1", motion.denoiser.attention_modules())
+    timesteps = motion._run.timesteps.tolist()
+    for kind, skip in (("spatial", 2), ("temporal", 3), ("cross", 4)):
+        n = sum(1 for k in kinds.values() if k == kind)
+        computed, reused = expected(timesteps, skip)
+        assert (pab.state.computed[kind], pab.state.reused[kind]) == (n * computed, n * reused), kind
+    again = motion("a cat", **OPTS).latents  # state was reset: the same run again
+    assert torch.equal(on, again)
+    motion.disable_pab()
+    assert torch.equal(motion("a cat", **OPTS).latents, off)
+    assert (on - off).abs().max() > 0  # it did skip work
+    assert (on - off).norm() / off.norm() < 0.5
+
+
+def test_the_seed_spelling_and_hooks_removed(motion):
+    from diffusers.hooks import HookRegistry
+
+    pab = motion.enable_pyramid_attention_broadcast(spatial_attn_skip_range=2, spatial_attn_timestep_range=[100, 800])
+    assert pab.config.spatial_skip == 2 and pab.config.spatial_range == (100, 800)
+    modules = list(pab.modules.values())
+    motion.disable_pab()
+    for module in modules:
+        assert HookRegistry.check_if_exists_or_initialize(module).get_hook("vidiff_pab") is None
+
+
+def test_frame_batches_reuse_their_own_outputs(sd1_folder):
+    """Sequential mode in batches of frames with PAB equals all frames at once with PAB."""
+    runs = []
+    for frame_batch in (None, 1):
+        pipe = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", frame_batch=frame_batch)
+        pipe.enable_pab()
+        runs.append(pipe("a cat", **OPTS).latents)
+    assert (runs[0] - runs[1]).abs().max() <= 1e-4
+
+
+def test_sd3_with_temporal_layers(tmp_path):
+    from vidiff.motion.sd3_temporal import SD3TemporalLayers
+
+    folder = save_tiny_sd3(tmp_path / "sd3", t5=False)
+    seq = VideoPipeline.from_pretrained(str(folder))
+    SD3TemporalLayers.for_transformer(seq.denoiser.image.transformer).save(tmp_path / "t.safetensors")
+    pipe = VideoPipeline.from_pretrained(str(folder), motion_module=str(tmp_path / "t.safetensors"))
+    kinds = attention_kinds("sd3", pipe.denoiser.attention_modules())
+    assert sorted(n for n, k in kinds.items() if k == "temporal") == ["temporal.layers.0", "temporal.layers.1"]
+    pab = pipe.enable_pab()
+    pipe("a cat", **{**OPTS, "frames": 3})
+    assert pab.state.reused["temporal"] > 0 and pab.state.reused["spatial"] > 0
