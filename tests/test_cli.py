@@ -199,3 +199,9 @@ def test_uncached_hub_id_offline_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("vidiff: error: --model: 'someone/sd15-video' is not a local folder")
+
+
+def test_pab_flags(tmp_path, model_args, capsys):
+    assert generate("-o", str(tmp_path / "pab.gif"), "--pab", "--pab-cross", "4", *model_args, *FAST) == 0
+    assert generate("-o", str(tmp_path / "bad.gif"), "--pab", "--pab-spatial", "0", *model_args, *FAST) == 2
+    assert "--pab-spatial: must be >= 1" in capsys.readouterr().err

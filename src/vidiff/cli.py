@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuse attention between steps)")
+    gen.add_argument("--pab-spatial", type=int, default=2, help="recompute spatial attention every N steps")
+    gen.add_argument("--pab-temporal", type=int, default=3, help="recompute temporal attention every N steps")
+    gen.add_argument("--pab-cross", type=int, default=6, help="recompute cross-attention every N steps")
+    gen.add_argument("--pab-range", type=int, nargs=2, default=(100, 800), metavar=("LO", "HI"), help="timesteps")
     gen.add_argument(
         "--image-seeds", help='"latents: f.pt" | "src" | "src;latents=f.pt" | "src;mask=m.png[;latents=f.pt]"'
     )

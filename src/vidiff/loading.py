@@ -189,9 +189,11 @@ def load_vae(model: str, dtype: torch.dtype, device: torch.device) -> Autoencode
 
 
 def model_family(folder: Path) -> str:
-    """'sd3' for a StableDiffusion3Pipeline folder, else 'sd1'."""
+    """'latte' for a LattePipeline folder, 'sd3' for StableDiffusion3Pipeline, else 'sd1'."""
     index = folder / "model_index.json"
     name = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
+    if name == "LattePipeline":
+        return "latte"
     return "sd3" if name == "StableDiffusion3Pipeline" or (folder / "transformer").is_dir() else "sd1"
 
 
@@ -230,3 +232,32 @@ def load_sd3(folder: Path, dtype: torch.dtype, device: torch.device, use_t5: boo
     for module in (*[e for e in encoders if e is not None], transformer, vae):
         module.to(device).eval().requires_grad_(False)
     return SD3Components(tokenizers, encoders, transformer, vae, config, time.perf_counter() - start)
+
+
+@dataclass
+class LatteComponents:
+    tokenizer: object
+    text_encoder: object  # T5EncoderModel
+    transformer: object  # LatteTransformer3DModel
+    vae: AutoencoderKL
+    scheduler_config: dict
+    seconds: float
+
+
+def load_latte(folder: Path, dtype: torch.dtype, device: torch.device) -> LatteComponents:
+    from diffusers import LatteTransformer3DModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    start = time.perf_counter()
+    parts = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
+    missing = [p for p in parts if not (folder / p).is_dir()]
+    if missing:
+        raise LoadError("--model", f"{folder} is not a diffusers Latte folder (missing {', '.join(missing)})")
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, folder / "tokenizer")
+    text_encoder = _from_pretrained(T5EncoderModel.from_pretrained, folder / "text_encoder", dtype=dtype)
+    transformer = _from_pretrained(LatteTransformer3DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)
+    vae = _from_pretrained(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
+    config = dict(_from_pretrained(DDIMScheduler.load_config, folder / "scheduler"))
+    for module in (text_encoder, transformer, vae):
+        module.to(device).eval().requires_grad_(False)
+    return LatteComponents(tokenizer, text_encoder, transformer, vae, config, time.perf_counter() - start)

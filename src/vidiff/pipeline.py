@@ -15,6 +15,7 @@ from torch import Tensor
 from .accel.pab import PAB, PABConfig, apply_pab, remove_pab
 from .adapters.base import VideoDenoiser
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE, ImageSequentialDenoiser
+from .adapters.latte import LatteDenoiser
 from .adapters.sd3_temporal import SD3Denoiser
 from .adapters.unet_image import UNetFramesDenoiser
 from .adapters.unet_motion import UNetMotionDenoiser
@@ -22,7 +23,7 @@ from .codec import decode_frames, encode_frames
 from .denoise import Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
 from .latents_io import LatentsFile, LatentsMeta
-from .loading import load_sd1, load_sd3, model_family, resolve_device, resolve_dtype, resolve_model_folder
+from .loading import load_latte, load_sd1, load_sd3, model_family, resolve_device, resolve_dtype, resolve_model_folder
 from .motion.sd3_temporal import SD3TemporalLayers
 from .request import GenerationRequest
 from .schedules import (
@@ -35,7 +36,7 @@ from .schedules import (
     scheduler_state,
     timesteps_for,
 )
-from .text import ClipPromptEncoder, SD3PromptEncoder
+from .text import ClipPromptEncoder, PromptEncoder, SD3PromptEncoder, T5PromptEncoder
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 MODES = ("motion", "sequential")  # all frames denoised together through motion modules | frame by frame
@@ -102,7 +103,7 @@ class VideoPipeline:
 
     def __init__(
         self,
-        prompt_encoder: ClipPromptEncoder | SD3PromptEncoder,
+        prompt_encoder: PromptEncoder,
         denoiser: VideoDenoiser,
         vae: AutoencoderKL,
         scheduler_config: dict,
@@ -143,6 +144,8 @@ class VideoPipeline:
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         folder = resolve_model_folder(model)
+        if model_family(folder) == "latte":
+            return cls._latte(folder, torch_dtype, torch_device, temporal_attention=mode == "motion")
         if model_family(folder) == "sd3":
             return cls._sd3(folder, motion_module, torch_dtype, torch_device, mode, frame_noise, frame_batch, use_t5)
         parts = load_sd1(str(folder), motion_module, torch_dtype, torch_device, motion=mode == "motion")
@@ -157,6 +160,20 @@ class VideoPipeline:
             parts.vae,
             parts.scheduler_config,
             default_size=parts.unet.config.sample_size * vae_scale,
+            load_seconds=parts.seconds,
+        )
+
+    @classmethod
+    def _latte(cls, folder, dtype, device, temporal_attention: bool) -> VideoPipeline:
+        """Latte: a video DiT; `mode="sequential"` turns its temporal attention off (enable_temporal_attentions)."""
+        parts = load_latte(folder, dtype, device)
+        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
+        return cls(
+            T5PromptEncoder(parts.tokenizer, parts.text_encoder),
+            LatteDenoiser(parts.transformer, temporal_attention),
+            parts.vae,
+            parts.scheduler_config,
+            default_size=parts.transformer.config.sample_size * vae_scale,
             load_seconds=parts.seconds,
         )
 
@@ -186,7 +203,8 @@ class VideoPipeline:
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Validate a request against this model and fill in its size and seed."""
-        return request.resolved(self.default_size, self.denoiser.max_frames, self.denoiser.family)
+        self.denoiser.check_frames(request.frames)
+        return request.resolved(self.default_size, self.denoiser.family)
 
     @torch.inference_mode()
     def generate_latents(
@@ -202,14 +220,13 @@ class VideoPipeline:
         # 1. Encode the prompt (and the negative prompt for classifier-free guidance).
         start = time.perf_counter()
         n = request.num_videos
-        extra = {"max_sequence_length": request.max_sequence_length}
-        cond = self.prompt_encoder(
+        cond, uncond = self.prompt_encoder.encode_pair(
             [request.prompt] * n,
+            [request.negative_prompt] * n if request.cfg else None,
             prompts_2=[request.prompt_2] * n if request.prompt_2 is not None else None,
             prompts_3=[request.prompt_3] * n if request.prompt_3 is not None else None,
-            **extra,
+            max_sequence_length=request.max_sequence_length,
         )
-        uncond = self.prompt_encoder([request.negative_prompt] * n, **extra) if request.cfg else None
         self.timings.encode = time.perf_counter() - start
         # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
         scheduler = make_scheduler(request.scheduler, self.scheduler_config, request.beta_schedule)

@@ -71,7 +71,7 @@ class GenerationRequest:
                 f"unknown beta schedule {self.beta_schedule!r} (choose from {', '.join(BETA_SCHEDULES)})",
             )
 
-    def resolved(self, default_size: int, max_frames: int | None, family: str = "sd1") -> GenerationRequest:
+    def resolved(self, default_size: int, family: str = "sd1") -> GenerationRequest:
         """Validated against the model, with size, seed and scheduler filled in."""
         self.validate()
         scheduler = self.scheduler or ("flow-euler" if family == "sd3" else DEFAULT_SCHEDULER)
@@ -82,11 +82,6 @@ class GenerationRequest:
             )
         if family != "sd3" and (self.prompt_2 is not None or self.prompt_3 is not None):
             raise InvalidArgument("--prompt-2", "only SD 3 models have second and third text encoders")
-        if max_frames is not None and self.frames > max_frames:
-            raise InvalidArgument(
-                "--frames",
-                f"{self.frames} frames exceed the motion module's positional table of {max_frames}",
-            )
         return replace(
             self,
             height=self.height or default_size,

@@ -9,7 +9,19 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from .adapters.base import Conditioning
 
 
-class ClipPromptEncoder:
+class PromptEncoder:
+    """Prompts -> Conditioning; `encode_pair` gives (cond, uncond or None) for classifier-free guidance."""
+
+    def __call__(self, prompts: list[str], **options) -> Conditioning:
+        raise NotImplementedError
+
+    def encode_pair(self, prompts: list[str], negatives: list[str] | None, prompts_2=None, prompts_3=None, **options):
+        """The negative prompt goes to every encoder (diffusers' default for negative_prompt_2 and _3)."""
+        cond = self(prompts, prompts_2=prompts_2, prompts_3=prompts_3, **options)
+        return cond, self(negatives, **options) if negatives is not None else None
+
+
+class ClipPromptEncoder(PromptEncoder):
     """One CLIP text encoder (SD 1.x): last hidden state of the padded 77-token prompt."""
 
     def __init__(self, tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel) -> None:
@@ -33,7 +45,7 @@ class ClipPromptEncoder:
         return Conditioning(embeds=embeds.to(self.text_encoder.dtype))
 
 
-class SD3PromptEncoder:
+class SD3PromptEncoder(PromptEncoder):
     """SD 3's three encoders, as diffusers' StableDiffusion3Pipeline.encode_prompt: CLIP-L and CLIP-G
     penultimate states side by side, padded to T5's width and followed by T5's tokens (zeros without T5);
     pooled = both CLIP projections."""
@@ -76,3 +88,34 @@ class SD3PromptEncoder:
         clip = torch.cat([l_states, g_states], dim=-1)  # (B, 77, D_l + D_g)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # (B, 77, D_t5)
         return Conditioning(embeds=torch.cat([clip, t5], dim=-2), pooled=torch.cat([l_pooled, g_pooled], dim=-1))
+
+
+class T5PromptEncoder(PromptEncoder):
+    """Latte's T5, as diffusers' LattePipeline.encode_prompt: 120 tokens with their attention mask, then both
+    sides cut to the longest prompt's unmasked length ("mask_feature")."""
+
+    MAX_LENGTH = 120
+
+    def __init__(self, tokenizer, text_encoder) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        tokens = self.tokenizer(
+            prompts, padding="max_length", max_length=self.MAX_LENGTH, truncation=True, return_attention_mask=True,
+            add_special_tokens=True, return_tensors="pt",
+        )  # fmt: skip
+        device = self.text_encoder.device
+        mask = tokens.attention_mask.to(device)
+        embeds = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]  # (B, 120, D)
+        return embeds.to(self.text_encoder.dtype), mask
+
+    def __call__(self, prompts: list[str], **_unused) -> Conditioning:
+        return self.encode_pair(prompts, None)[0]
+
+    def encode_pair(self, prompts: list[str], negatives: list[str] | None, **_unused):
+        embeds, mask = self._encode(prompts)
+        keep = int(mask.sum(dim=-1).max())
+        uncond = Conditioning(self._encode(negatives)[0][:, :keep]) if negatives is not None else None
+        return Conditioning(embeds[:, :keep]), uncond

@@ -178,3 +178,34 @@ def save_tiny_sd3(folder: str | Path, seed: int = 0, t5: bool = True) -> Path:
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+def save_tiny_latte(folder: str | Path, seed: int = 0, video_length: int = 16) -> Path:
+    """Write a tiny Latte diffusers folder: LatteTransformer3DModel, T5, the 4-channel VAE, DDIM."""
+    from diffusers import LatteTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    LatteTransformer3DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+        video_length=video_length,
+    ).save_pretrained(folder / "transformer")  # fmt: skip
+    tokenizer = byte_level_t5_tokenizer(folder / "tokenizer")
+    T5EncoderModel(
+        T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4)
+    ).save_pretrained(folder / "text_encoder")
+    tiny_vae().save_pretrained(folder / "vae")
+    sd1_scheduler().save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "LattePipeline",
+        "transformer": ["diffusers", "LatteTransformer3DModel"],
+        "text_encoder": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", "T5TokenizerFast"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder

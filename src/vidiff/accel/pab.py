@@ -148,7 +148,7 @@ class PAB:
 def apply_pab(denoiser, config: PABConfig | None = None) -> PAB:
     """Hook Pyramid Attention Broadcast into a vidiff denoiser's attention modules."""
     modules = denoiser.attention_modules()
-    return PAB(modules, attention_kinds(denoiser.family, modules), config or PABConfig())
+    return PAB(modules, attention_kinds(denoiser.pab_family or denoiser.family, modules), config or PABConfig())
 
 
 def remove_pab(pab: PAB) -> None:

@@ -15,6 +15,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+from ..errors import InvalidArgument
+
 
 @dataclass
 class Conditioning:
@@ -37,6 +39,7 @@ class VideoDenoiser(ABC):
     """A backbone that predicts the model output for a whole video latent at one timestep."""
 
     family: str  # latent family: models of one family share a VAE latent space ("sd1", "sd3")
+    pab_family: str | None = None  # which attention-naming rules apply (default: the family's)
     latent_channels: int
     max_frames: int | None  # the frame positional table's length; None when unbounded
 
@@ -44,6 +47,13 @@ class VideoDenoiser(ABC):
     @abstractmethod
     def module(self) -> nn.Module:
         """The underlying torch module (for dtype, device, `torch.compile` and hooks)."""
+
+    def check_frames(self, frames: int) -> None:
+        """Refuse a frame count this backbone cannot make (default: more than its positional table)."""
+        if self.max_frames is not None and frames > self.max_frames:
+            raise InvalidArgument(
+                "--frames", f"{frames} frames exceed the motion module's positional table of {self.max_frames}"
+            )
 
     def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator, device, dtype) -> Tensor:
         """Starting noise (B, C, F, h, w) at unit variance: independent per frame unless an adapter says else."""

@@ -24,6 +24,7 @@ class ImageSequentialDenoiser(VideoDenoiser):
     def __init__(self, image: VideoDenoiser, frame_noise: float = DEFAULT_FRAME_NOISE, frame_batch: int | None = None):
         self.image = image
         self.family = image.family
+        self.pab_family = image.pab_family
         self.latent_channels = image.latent_channels
         self.frame_noise = frame_noise
         self.frame_batch = frame_batch  # frames per backbone call; None: all at once
