@@ -83,3 +83,14 @@ def test_sd3_with_temporal_layers(tmp_path):
     pab = pipe.enable_pab()
     pipe("a cat", **{**OPTS, "frames": 3})
     assert pab.state.reused["temporal"] > 0 and pab.state.reused["spatial"] > 0
+
+
+def test_compile_with_a_named_backend(sd1_folder):
+    from vidiff.errors import InvalidArgument
+
+    pipe = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential")
+    before = pipe("a cat", **{**OPTS, "steps": 2}).latents
+    with pytest.raises(InvalidArgument, match="--compile-backend: unknown torch.compile backend 'nope'"):
+        pipe.compile("nope")
+    pipe.compile("eager")  # dynamo traces, eager runs: the plumbing other backends use
+    assert torch.allclose(pipe("a cat", **{**OPTS, "steps": 2}).latents, before, atol=1e-5)

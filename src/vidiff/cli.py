@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    gen.add_argument("--compile-backend", default="inductor", help="any registered torch.compile backend")
     gen.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuse attention between steps)")
     gen.add_argument("--pab-spatial", type=int, default=2, help="recompute spatial attention every N steps")
     gen.add_argument("--pab-temporal", type=int, default=3, help="recompute temporal attention every N steps")
@@ -245,6 +247,8 @@ def generate(args: argparse.Namespace) -> None:
         use_t5=not args.no_t5,
     )
     print(f"loaded {args.model} in {pipe.timings.load:.1f} s")
+    if args.compile:
+        pipe.compile(args.compile_backend)
     if args.pab:
         for flag in ("pab_spatial", "pab_temporal", "pab_cross"):
             if getattr(args, flag) < 1:

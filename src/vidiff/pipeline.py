@@ -282,6 +282,18 @@ class VideoPipeline:
         self.timings.frames = request.frames * request.num_videos
         return latents
 
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
+        """torch.compile the backbone in place; `backend` is any registered torch.compile backend, which is
+        how other accelerators plug in."""
+        import torch._dynamo
+
+        if backend not in torch._dynamo.list_backends(exclude_tags=()):
+            known = ", ".join(torch._dynamo.list_backends())
+            raise InvalidArgument(
+                "--compile-backend", f"unknown torch.compile backend {backend!r} (registered: {known})"
+            )
+        self.denoiser.module.compile(backend=backend, mode=mode)
+
     def enable_pab(self, config: PABConfig | None = None) -> PAB:
         """Pyramid Attention Broadcast on this pipeline's backbone (replacing any earlier configuration)."""
         self.disable_pab()
