@@ -107,15 +107,15 @@ class VideoPipeline:
         denoiser: VideoDenoiser,
         vae: AutoencoderKL,
         scheduler_config: dict,
-        default_size: int,
+        sample_size: int,
         load_seconds: float = 0.0,
     ) -> None:
         self.prompt_encoder = prompt_encoder
         self.denoiser = denoiser
         self.vae = vae
         self.scheduler_config = scheduler_config
-        self.default_size = default_size
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.default_size = sample_size * self.vae_scale_factor  # pixels: the backbone's native latent size
         self.timings = Timings(load=load_seconds)
         self.pab: PAB | None = None
 
@@ -149,7 +149,6 @@ class VideoPipeline:
         if model_family(folder) == "sd3":
             return cls._sd3(folder, motion_module, torch_dtype, torch_device, mode, frame_noise, frame_batch, use_t5)
         parts = load_sd1(str(folder), motion_module, torch_dtype, torch_device, motion=mode == "motion")
-        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
         if mode == "motion":
             denoiser: VideoDenoiser = UNetMotionDenoiser(parts.unet)
         else:
@@ -159,7 +158,7 @@ class VideoPipeline:
             denoiser,
             parts.vae,
             parts.scheduler_config,
-            default_size=parts.unet.config.sample_size * vae_scale,
+            sample_size=parts.unet.config.sample_size,
             load_seconds=parts.seconds,
         )
 
@@ -167,13 +166,12 @@ class VideoPipeline:
     def _latte(cls, folder, dtype, device, temporal_attention: bool) -> VideoPipeline:
         """Latte: a video DiT; `mode="sequential"` turns its temporal attention off (enable_temporal_attentions)."""
         parts = load_latte(folder, dtype, device)
-        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
         return cls(
             T5PromptEncoder(parts.tokenizer, parts.text_encoder),
             LatteDenoiser(parts.transformer, temporal_attention),
             parts.vae,
             parts.scheduler_config,
-            default_size=parts.transformer.config.sample_size * vae_scale,
+            sample_size=parts.transformer.config.sample_size,
             load_seconds=parts.seconds,
         )
 
@@ -186,14 +184,13 @@ class VideoPipeline:
             denoiser: VideoDenoiser = SD3Denoiser(parts.transformer, temporal)
         else:
             denoiser = ImageSequentialDenoiser(SD3Denoiser(parts.transformer), frame_noise, frame_batch)
-        vae_scale = 2 ** (len(parts.vae.config.block_out_channels) - 1)
         encoder = SD3PromptEncoder(parts.tokenizers, parts.text_encoders, parts.transformer.config.joint_attention_dim)
         return cls(
             encoder,
             denoiser,
             parts.vae,
             parts.scheduler_config,
-            default_size=parts.transformer.config.sample_size * vae_scale,
+            sample_size=parts.transformer.config.sample_size,
             load_seconds=parts.seconds,
         )
 
