@@ -38,6 +38,7 @@ from .data import open_data
 STAGES = ("vae", "image", "motion")
 DEFAULT_LR = {"vae": 1e-3, "image": 5e-4, "motion": 5e-4}
 KL_WEIGHT = 1e-5
+FP32 = torch.float32  # training runs in float32 whatever dtype the weights were exported in
 DEMO_TOKENIZER = Path(__file__).resolve().parent.parent / "demo" / "tiny-t2v" / "tokenizer"
 
 
@@ -113,7 +114,7 @@ class VaeStage(Stage):
     def __init__(self, cfg: TrainConfig, data) -> None:
         _ensure_skeleton(cfg.model)
         vae_dir = cfg.model / "vae"
-        self.vae = AutoencoderKL.from_pretrained(vae_dir) if vae_dir.is_dir() else demo.demo_vae()
+        self.vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=FP32) if vae_dir.is_dir() else demo.demo_vae()
         self.modules = {"vae": self.vae.train()}
         self.cfg, self.data = cfg, data
 
@@ -138,7 +139,7 @@ class _Diffusion:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.vae = AutoencoderKL.from_pretrained(cfg.model / "vae").eval().requires_grad_(False)
+        self.vae = AutoencoderKL.from_pretrained(cfg.model / "vae", torch_dtype=FP32).eval().requires_grad_(False)
         self.tokenizer = CLIPTokenizer.from_pretrained(cfg.model / "tokenizer")
         self.noise = DDPMScheduler.from_pretrained(cfg.model / "scheduler")
 
@@ -170,8 +171,12 @@ class ImageStage(Stage):
         _ensure_skeleton(cfg.model)
         self.diff = _Diffusion(cfg)
         unet_dir, text_dir = cfg.model / "unet", cfg.model / "text_encoder"
-        self.unet = UNet2DConditionModel.from_pretrained(unet_dir) if unet_dir.is_dir() else demo.demo_unet()
-        self.text = CLIPTextModel.from_pretrained(text_dir) if text_dir.is_dir() else demo.demo_text_encoder()
+        self.unet = (
+            UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=FP32) if unet_dir.is_dir() else demo.demo_unet()
+        )
+        self.text = (
+            CLIPTextModel.from_pretrained(text_dir, dtype=FP32) if text_dir.is_dir() else demo.demo_text_encoder()
+        )
         self.modules = {"unet": self.unet.train(), "text_encoder": self.text.train()}
         self.cfg, self.data = cfg, data
 
@@ -191,8 +196,8 @@ class MotionStage(Stage):
     def __init__(self, cfg: TrainConfig, data) -> None:
         self.diff = _Diffusion(cfg)
         self.out = cfg.out or cfg.model / "motion_adapter"
-        unet2d = UNet2DConditionModel.from_pretrained(cfg.model / "unet", torch_dtype=torch.float32)
-        self.text = CLIPTextModel.from_pretrained(cfg.model / "text_encoder").eval().requires_grad_(False)
+        unet2d = UNet2DConditionModel.from_pretrained(cfg.model / "unet", torch_dtype=FP32)
+        self.text = CLIPTextModel.from_pretrained(cfg.model / "text_encoder", dtype=FP32).eval().requires_grad_(False)
         if (self.out / "config.json").is_file():
             adapter = load_motion_adapter(self.out, torch.float32)
         else:
