@@ -27,6 +27,7 @@ def test_generates_a_clip_of_the_right_shape(demo):
     assert out.latents.shape == (1, 4, 16, 16, 16)
 
 
+@pytest.mark.xfail(strict=True, reason="the shipped model's motion direction is not yet reliable (issue 3's bars)")
 def test_bars_on_a_sample(demo):
     """Every 7th seen combination and every 3rd held-out one, one seed each, default settings."""
     seen = summarize(evaluate(demo, SEEN[::7], [0], progress=False))

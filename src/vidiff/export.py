@@ -23,6 +23,14 @@ VIDEO_KINDS[".safetensors"] = "latents"  # written by latents_io, checked here l
 PNG_PATTERN = "frame_{:05d}.png"
 
 
+def publish(tmp: Path | str, path: Path | str) -> None:
+    """Give a finished temporary file the permissions a normally created one would have, then rename it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def output_kind(path: str) -> str:
     """'gif', 'mp4', 'webp', 'latents' (.pt/.pth/.safetensors) or 'png' for a folder (ending in '/' or existing)."""
     if path.endswith(("/", os.sep)) or Path(path).is_dir():
@@ -141,7 +149,7 @@ class FrameWriter:
             self._tmp.rmdir()
         else:
             check_output(str(self.path), self.overwrite)
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:

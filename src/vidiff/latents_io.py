@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from .errors import InvalidArgument, LoadError, OutputExists
+from .export import publish
 from .tensor_files import read_tensors
 
 LATENT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -70,7 +71,7 @@ def _atomic_write(path: Path, overwrite: bool, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
