@@ -136,3 +136,17 @@ def test_motion_stage_trains_only_temporal_layers(sd3_folder, tmp_path):
     assert any(layer.to_out.weight.abs().max() > 0 for layer in layers.layers.values())  # moved off zero
     pipe = VideoPipeline.from_pretrained(str(sd3_folder), motion_module=str(out))
     assert pipe("a red circle moving right", **OPTS).latents.shape == (1, 16, 3, 8, 8)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6])
+def test_flow_matching_split_equals_unsplit(seq, tmp_path, fraction):
+    from vidiff.latents_io import load_latents, save_latents
+    from vidiff.pipeline import Source
+
+    whole = seq("a cat", **OPTS).latents
+    first = seq("a cat", denoising_end=fraction, **OPTS).latents
+    save_latents(tmp_path / "half.safetensors", seq.snapshot(first))
+    item = load_latents(tmp_path / "half.safetensors")
+    assert item.meta.family == "sd3" and item.meta.latent_channels == 16 and item.meta.scheduler == "flow-euler"
+    rest = seq("a cat", denoising_start=fraction, source=Source(latents=item), **OPTS).latents
+    assert (rest - whole).abs().max().item() <= 1e-5
