@@ -13,6 +13,16 @@ from vidiff.motion import to_original_keys
 from vidiff.tiny import save_tiny_sd1, tiny_motion_adapter
 
 
+class RunsCode:
+    """Unpickling this calls Path.touch on the marker: a stand-in for a checkpoint that runs arbitrary code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
 def save_original(adapter: MotionAdapter, folder: Path, stem: str) -> dict[str, Path]:
     """Write an adapter in the original AnimateDiff single-file layout, as .ckpt and .safetensors."""
     state = {k: v.clone().contiguous() for k, v in to_original_keys(adapter.state_dict()).items()}

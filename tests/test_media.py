@@ -7,6 +7,7 @@ import pickle
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+from conftest import RunsCode
 from PIL import Image
 
 from vidiff.errors import InvalidArgument, LoadError
@@ -59,18 +60,10 @@ def test_too_few_frames_and_unreadable_files(tmp_path):
         read_frames(tmp_path / "bad.mp4", 8, 8, "--image-seeds")
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (type(self.marker).touch, (self.marker,))
-
-
 def test_a_latents_pickle_that_needs_code_is_refused(tmp_path):
     marker = tmp_path / "ran"
     with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"latents": _RunsCode(marker)}, f, protocol=2)
+        pickle.dump({"latents": RunsCode(marker)}, f, protocol=2)
     with pytest.raises(LoadError, match="needs code to unpickle"):
         load_latents(tmp_path / "evil.pt")
     assert not marker.exists()

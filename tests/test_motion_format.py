@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import save_original
+from conftest import RunsCode, save_original
 from diffusers import MotionAdapter
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from safetensors.torch import save_file
@@ -73,22 +73,12 @@ def test_garbage_and_missing_files_are_refused(tmp_path):
         load_motion_adapter(tmp_path, torch.float32)
 
 
-class _RunsCode:
-    """Unpickling this would call Path.touch on the marker: a stand-in for arbitrary code."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (type(self.marker).touch, (self.marker,))
-
-
 def test_a_pickle_that_needs_code_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.ckpt"
     with open(path, "wb") as f:  # a bare pickle, as old checkpoints are
-        pickle.dump({"down_blocks.0.motion_modules.0.x": _RunsCode(marker)}, f, protocol=2)
-    torch.save({"payload": _RunsCode(marker)}, tmp_path / "evil2.pt")
+        pickle.dump({"down_blocks.0.motion_modules.0.x": RunsCode(marker)}, f, protocol=2)
+    torch.save({"payload": RunsCode(marker)}, tmp_path / "evil2.pt")
     for p in (path, tmp_path / "evil2.pt"):
         with pytest.raises(LoadError, match="needs code to unpickle"):
             load_motion_adapter(p, torch.float32)
