@@ -64,8 +64,10 @@ class VideoDenoiser(ABC):
         """latents (B, C, F, h, w), scalar timestep t, cond with batch B -> model output (B, C, F, h, w)."""
 
     def attention_modules(self) -> dict[str, nn.Module]:
-        """Named attention modules that caches (Pyramid Attention Broadcast) may hook; none by default."""
-        return {}
+        """Named attention modules that caches (Pyramid Attention Broadcast) may hook: diffusers' Attention."""
+        from diffusers.models.attention_processor import Attention
+
+        return {name: m for name, m in self.module.named_modules() if isinstance(m, Attention)}
 
     @property
     def dtype(self) -> torch.dtype:

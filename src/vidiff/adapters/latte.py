@@ -30,11 +30,6 @@ class LatteDenoiser(VideoDenoiser):
     def module(self) -> nn.Module:
         return self.transformer
 
-    def attention_modules(self) -> dict[str, nn.Module]:
-        from diffusers.models.attention_processor import Attention
-
-        return {n: m for n, m in self.transformer.named_modules() if isinstance(m, Attention)}
-
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         out = self.transformer(
             hidden_states=latents,  # (B, C, F, h, w)

@@ -28,9 +28,7 @@ class SD3Denoiser(VideoDenoiser):
         return self.transformer
 
     def attention_modules(self) -> dict[str, nn.Module]:
-        from diffusers.models.attention_processor import Attention
-
-        found = {n: m for n, m in self.transformer.named_modules() if isinstance(m, Attention)}
+        found = super().attention_modules()
         if self.temporal is not None:
             found |= {f"temporal.layers.{i}": layer for i, layer in self.temporal.layers.items()}
         return found

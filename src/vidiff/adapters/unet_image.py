@@ -20,11 +20,6 @@ class UNetFramesDenoiser(VideoDenoiser):
     def module(self) -> nn.Module:
         return self.unet
 
-    def attention_modules(self) -> dict[str, nn.Module]:
-        from diffusers.models.attention_processor import Attention
-
-        return {name: m for name, m in self.unet.named_modules() if isinstance(m, Attention)}
-
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         b, c, f, h, w = latents.shape
         frames = latents.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, h, w)

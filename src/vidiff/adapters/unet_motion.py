@@ -52,8 +52,3 @@ class UNetMotionDenoiser(VideoDenoiser):
         frames = latents.shape[2]
         embeds = cond.embeds.repeat_interleave(frames, dim=0)  # (B*F, L, D), frame-major per video
         return self.unet(latents, t, encoder_hidden_states=embeds).sample  # (B, C, F, h, w)
-
-    def attention_modules(self) -> dict[str, nn.Module]:
-        from diffusers.models.attention_processor import Attention
-
-        return {name: m for name, m in self.unet.named_modules() if isinstance(m, Attention)}
