@@ -16,10 +16,22 @@ from ..demo.data import SEEN, render_clip
 from ..errors import InvalidArgument
 from ..media import VIDEO_SUFFIXES, read_frames
 
+KEYFRAME_SHARE = 0.5
+
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
     """(F, H, W, 3) uint8 -> (F, 3, H, W) float in [-1, 1]."""
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def pick_frames(videos: torch.Tensor, captions: list[str], rng: np.random.Generator) -> tuple[torch.Tensor, list[str]]:
+    """One frame per clip for the image stage: the first frame (the keyframe a clip starts from) with
+    probability KEYFRAME_SHARE, any frame otherwise. The keyframe share makes the caption's motion words
+    matter to the image model (where a clip starts depends on where it goes), so the frozen image model's
+    features carry them to the motion modules."""
+    b, f = videos.shape[:2]  # videos: (B, F, 3, H, W)
+    pick = np.where(rng.random(b) < KEYFRAME_SHARE, 0, rng.integers(f, size=b))
+    return videos[torch.arange(b), torch.from_numpy(pick)], captions  # (B, 3, H, W)
 
 
 class DemoClips:
@@ -36,9 +48,7 @@ class DemoClips:
         return torch.stack([to_tensor(c.frames) for c in clips]), [c.caption for c in clips]  # (B, F, 3, H, W)
 
     def images(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
-        videos, captions = self.clips(rng, batch)
-        pick = torch.from_numpy(rng.integers(self.frames, size=batch))
-        return videos[torch.arange(batch), pick], captions  # (B, 3, H, W)
+        return pick_frames(*self.clips(rng, batch), rng)
 
 
 class VideoFolder:
@@ -83,9 +93,7 @@ class VideoFolder:
         return torch.stack(out), captions  # (B, F, 3, H, W)
 
     def images(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
-        videos, captions = self.clips(rng, batch)
-        pick = torch.from_numpy(rng.integers(self.frames, size=batch))
-        return videos[torch.arange(batch), pick], captions  # (B, 3, H, W)
+        return pick_frames(*self.clips(rng, batch), rng)
 
 
 def open_data(spec: str, frames: int, size: int) -> DemoClips | VideoFolder:
