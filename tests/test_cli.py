@@ -172,10 +172,15 @@ def test_default_output_name_and_timings_line(tmp_path, model_args, capsys, monk
     assert "s/step" in out and "s/frame" in out and "load" in out
 
 
-def test_bfloat16_on_cpu(tmp_path, model_args):
-    assert generate("-o", str(tmp_path / "bf16.gif"), "--dtype", "bfloat16", *model_args, *FAST) == 0
-    with Image.open(tmp_path / "bf16.gif") as gif:
-        assert gif.n_frames == 8
+def test_dtype_auto_is_bfloat16_where_the_cpu_has_it(tmp_path, model_args):
+    from vidiff.loading import cpu_has_bf16, resolve_dtype
+
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    for dtype in ("bfloat16", "float32"):
+        assert generate("-o", str(tmp_path / f"{dtype}.gif"), "--dtype", dtype, *model_args, *FAST) == 0
+        with Image.open(tmp_path / f"{dtype}.gif") as gif:
+            assert gif.n_frames == 8
 
 
 def test_uncached_hub_id_offline_is_one_line(tmp_path):

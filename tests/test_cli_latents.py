@@ -16,7 +16,21 @@ from vidiff.cli import main
 from vidiff.latents_io import load_latents
 from vidiff.tiny import save_tiny_sd1
 
-FAST = ["--frames", "8", "--steps", "6", "--height", "64", "--width", "64", "--seed", "2", "--quiet"]
+FAST = [
+    "--frames",
+    "8",
+    "--steps",
+    "6",
+    "--height",
+    "64",
+    "--width",
+    "64",
+    "--seed",
+    "2",
+    "--quiet",
+    "--dtype",
+    "float32",
+]
 
 
 def cli(*args: str) -> int:

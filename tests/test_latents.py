@@ -19,7 +19,7 @@ OPTS = dict(frames=8, height=64, width=64, steps=6, seed=4, progress=False, outp
 
 @pytest.fixture(scope="module")
 def pipe(sd1_folder, adapter_folder) -> VideoPipeline:
-    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder))
+    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder), dtype="float32")
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])

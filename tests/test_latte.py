@@ -20,7 +20,9 @@ def latte_folder(tmp_path_factory):
 
 @pytest.mark.parametrize(("temporal", "guidance"), [(True, 1.0), (True, 7.5), (False, 7.5)])
 def test_latents_match_diffusers(latte_folder, temporal, guidance):
-    ours = VideoPipeline.from_pretrained(str(latte_folder), mode="motion" if temporal else "sequential")
+    ours = VideoPipeline.from_pretrained(
+        str(latte_folder), mode="motion" if temporal else "sequential", dtype="float32"
+    )
     got = ours("a red circle moving right", frames=4, height=64, width=64, steps=4, guidance_scale=guidance, seed=2,
                progress=False, output_type="latent").latents  # fmt: skip
     ref = LattePipeline.from_pretrained(latte_folder)
@@ -35,7 +37,7 @@ def test_latents_match_diffusers(latte_folder, temporal, guidance):
 def test_frames_limited_by_the_temporal_table_and_pab_kinds(latte_folder):
     from vidiff.errors import InvalidArgument
 
-    pipe = VideoPipeline.from_pretrained(str(latte_folder))
+    pipe = VideoPipeline.from_pretrained(str(latte_folder), dtype="float32")
     with pytest.raises(InvalidArgument, match="makes exactly 4 frames"):
         pipe("x", frames=6, progress=False)
     kinds = attention_kinds("latte", pipe.denoiser.attention_modules())

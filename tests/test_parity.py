@@ -17,7 +17,7 @@ SETTINGS = dict(frames=8, height=64, width=64, steps=4)
 
 @pytest.fixture(scope="module")
 def ours(sd1_folder, adapter_folder) -> VideoPipeline:
-    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder))
+    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder), dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,9 @@ def test_decoded_frames_match_diffusers(ours, reference):
 
 
 def test_original_single_file_gives_the_same_video(sd1_folder, original_files, ours):
-    from_file = VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(original_files["safetensors"]))
+    from_file = VideoPipeline.from_pretrained(
+        str(sd1_folder), motion_module=str(original_files["safetensors"]), dtype="float32"
+    )
     a = from_file("a cat", output_type="latent", seed=1, progress=False, **SETTINGS).latents
     b = ours("a cat", output_type="latent", seed=1, progress=False, **SETTINGS).latents
     assert torch.equal(a, b)
@@ -146,6 +148,6 @@ def test_unet2d_without_motion_is_not_enough(sd1_folder):
     from vidiff.errors import LoadError
 
     with pytest.raises(LoadError, match="no motion module") as err:
-        VideoPipeline.from_pretrained(str(sd1_folder))
+        VideoPipeline.from_pretrained(str(sd1_folder), dtype="float32")
     assert err.value.argument == "--motion-module"
     assert UNet2DConditionModel.load_config(sd1_folder / "unet")["_class_name"] == "UNet2DConditionModel"

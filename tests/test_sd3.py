@@ -26,13 +26,13 @@ def sd3_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def seq(sd3_folder) -> VideoPipeline:
-    return VideoPipeline.from_pretrained(str(sd3_folder))
+    return VideoPipeline.from_pretrained(str(sd3_folder), dtype="float32")
 
 
 @pytest.mark.parametrize("use_t5", [True, False])
 @pytest.mark.parametrize("guidance", [1.0, 5.0])
 def test_each_frame_equals_diffusers(sd3_folder, use_t5, guidance):
-    ours = VideoPipeline.from_pretrained(str(sd3_folder), use_t5=use_t5)
+    ours = VideoPipeline.from_pretrained(str(sd3_folder), use_t5=use_t5, dtype="float32")
     got = ours("a cat", guidance_scale=guidance, max_sequence_length=16, **OPTS).latents  # (1, 16, F, 8, 8)
     extra = {} if use_t5 else {"text_encoder_3": None, "tokenizer_3": None}
     ref = StableDiffusion3Pipeline.from_pretrained(sd3_folder, **extra)
@@ -102,20 +102,24 @@ def test_save_load_round_trip_and_bad_inputs(seq, tmp_path, sd3_folder):
     back = SD3TemporalLayers.load(tmp_path / "t.safetensors")
     assert back.config == layers.config
     assert all(torch.equal(a, b) for a, b in zip(layers.state_dict().values(), back.state_dict().values(), strict=True))
-    pipe = VideoPipeline.from_pretrained(str(sd3_folder), motion_module=str(tmp_path / "t.safetensors"))
+    pipe = VideoPipeline.from_pretrained(
+        str(sd3_folder), motion_module=str(tmp_path / "t.safetensors"), dtype="float32"
+    )
     assert pipe("a cat", **OPTS).latents.shape == (1, 16, 3, 8, 8)
     with pytest.raises(InvalidArgument, match="9 frames exceed the motion module's positional table of 8"):
         pipe("a cat", **{**OPTS, "frames": 9})
     pipe.denoiser.temporal.detach()
     SD3TemporalLayers(64, 4, [0]).save(tmp_path / "wide.safetensors")
     with pytest.raises(LoadError, match="temporal layers of width 64; this transformer is 32 wide"):
-        VideoPipeline.from_pretrained(str(sd3_folder), motion_module=str(tmp_path / "wide.safetensors"))
+        VideoPipeline.from_pretrained(
+            str(sd3_folder), motion_module=str(tmp_path / "wide.safetensors"), dtype="float32"
+        )
 
 
 def test_sd3_refuses_diffusion_schedulers_and_sd1_refuses_prompt_2(seq, sd1_folder):
     with pytest.raises(InvalidArgument, match="needs a flow-matching"):
         seq("a cat", scheduler="ddim", **OPTS)
-    sd1 = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential")
+    sd1 = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", dtype="float32")
     with pytest.raises(InvalidArgument, match="--prompt-2"):
         sd1("a cat", prompt_2="x", **OPTS)
 
@@ -134,7 +138,7 @@ def test_motion_stage_trains_only_temporal_layers(sd3_folder, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
     layers = SD3TemporalLayers.load(out)
     assert any(layer.to_out.weight.abs().max() > 0 for layer in layers.layers.values())  # moved off zero
-    pipe = VideoPipeline.from_pretrained(str(sd3_folder), motion_module=str(out))
+    pipe = VideoPipeline.from_pretrained(str(sd3_folder), motion_module=str(out), dtype="float32")
     assert pipe("a red circle moving right", **OPTS).latents.shape == (1, 16, 3, 8, 8)
 
 

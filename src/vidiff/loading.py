@@ -21,6 +21,7 @@ from .motion.animatediff_format import load_motion_adapter
 
 TINY_RANDOM = "tiny-random"
 DEMO = "demo"
+AUTO = "auto"  # the dtype: see default_dtype
 DEMO_FOLDER = Path(__file__).resolve().parent / "demo" / "tiny-t2v"
 DTYPES = {
     "float32": torch.float32,
@@ -51,10 +52,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Native bfloat16 arithmetic on this CPU (AVX-512 BF16 or AMX tiles)."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """`--dtype auto`: bfloat16 on a CPU with native bf16 and on GPUs that have it, float16 on other GPUs,
+    float32 on other CPUs."""
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else torch.float32
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """A dtype name valid on `device`: float16 needs a GPU (use bfloat16 on CPU)."""
+    """A dtype name valid on `device` ('auto': `default_dtype`): float16 needs a GPU (use bfloat16 on CPU)."""
+    if name == AUTO:
+        return default_dtype(device)
     if name not in DTYPES:
-        raise InvalidArgument("--dtype", f"unknown dtype {name!r} (choose from float32, bfloat16, float16)")
+        raise InvalidArgument("--dtype", f"unknown dtype {name!r} (choose from auto, float32, bfloat16, float16)")
     dtype = DTYPES[name]
     if dtype == torch.float16 and device.type == "cpu":
         raise InvalidArgument("--dtype", "float16 is not supported on cpu; use bfloat16")

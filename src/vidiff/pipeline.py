@@ -124,7 +124,7 @@ class VideoPipeline:
         cls,
         model: str,
         motion_module: str | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
         device: str = "cpu",
         mode: str = "motion",
         frame_noise: float = DEFAULT_FRAME_NOISE,
@@ -134,6 +134,7 @@ class VideoPipeline:
         """An SD 1.x folder or hub id plus an AnimateDiff motion module (folder or original single file), or an
         SD 3 / 3.5 folder plus vidiff temporal layers (`motion_module`, a .safetensors; T5 optional).
 
+        `dtype="auto"` is bfloat16 on CPUs with native bf16 and on GPUs, float32 elsewhere (`default_dtype`).
         `mode="sequential"` uses the image UNet alone: frames from shared noise plus `frame_noise`, denoised
         independently, `frame_batch` frames per UNet call (default: all).
         """
