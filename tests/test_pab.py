@@ -14,7 +14,7 @@ OPTS = dict(frames=4, height=64, width=64, steps=10, seed=1, progress=False, out
 
 @pytest.fixture(scope="module")
 def motion(sd1_folder, adapter_folder) -> VideoPipeline:
-    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder))
+    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder), dtype="float32")
 
 
 def test_motion_unet_attention_is_told_apart(motion):
@@ -61,11 +61,30 @@ def test_the_seed_spelling_and_hooks_removed(motion):
         assert HookRegistry.check_if_exists_or_initialize(module).get_hook("vidiff_pab") is None
 
 
+def test_deep_cache_reuses_inner_unet_blocks(motion):
+    """DeepCache: every block but the outermost down/up ones is recomputed every 3rd step; the edges always run."""
+    off = motion("a cat", **OPTS).latents
+    deep = motion.denoiser.deep_modules()
+    unet = motion.denoiser.module
+    assert "down_blocks.0" not in deep and f"up_blocks.{len(unet.up_blocks) - 1}" not in deep
+    assert "mid_block" in deep and len(deep) == len(unet.down_blocks) + len(unet.up_blocks) - 1
+    assert PABConfig.for_backbone(motion.denoiser).deep_skip == 3
+    pab = motion.enable_pab(PABConfig(spatial_skip=None, temporal_skip=None, cross_skip=None, deep_skip=3))
+    on = motion("a cat", **OPTS).latents
+    computed, reused = expected(motion._run.timesteps.tolist(), 3, (0, 1000))
+    assert (pab.state.computed["deep"], pab.state.reused["deep"]) == (len(deep) * computed, len(deep) * reused)
+    motion.disable_pab()
+    assert torch.equal(motion("a cat", **OPTS).latents, off)
+    assert 0 < (on - off).norm() / off.norm() < 0.5
+
+
 def test_frame_batches_reuse_their_own_outputs(sd1_folder):
     """Sequential mode in batches of frames with PAB equals all frames at once with PAB."""
     runs = []
     for frame_batch in (None, 1):
-        pipe = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", frame_batch=frame_batch)
+        pipe = VideoPipeline.from_pretrained(
+            str(sd1_folder), mode="sequential", frame_batch=frame_batch, dtype="float32"
+        )
         pipe.enable_pab()
         runs.append(pipe("a cat", **OPTS).latents)
     assert (runs[0] - runs[1]).abs().max() <= 1e-4
@@ -75,11 +94,12 @@ def test_sd3_with_temporal_layers(tmp_path):
     from vidiff.motion.sd3_temporal import SD3TemporalLayers
 
     folder = save_tiny_sd3(tmp_path / "sd3", t5=False)
-    seq = VideoPipeline.from_pretrained(str(folder))
+    seq = VideoPipeline.from_pretrained(str(folder), dtype="float32")
     SD3TemporalLayers.for_transformer(seq.denoiser.image.transformer).save(tmp_path / "t.safetensors")
-    pipe = VideoPipeline.from_pretrained(str(folder), motion_module=str(tmp_path / "t.safetensors"))
+    pipe = VideoPipeline.from_pretrained(str(folder), motion_module=str(tmp_path / "t.safetensors"), dtype="float32")
     kinds = attention_kinds("sd3", pipe.denoiser.attention_modules())
     assert sorted(n for n, k in kinds.items() if k == "temporal") == ["temporal.layers.0", "temporal.layers.1"]
+    assert PABConfig.for_backbone(pipe.denoiser).deep_skip is None  # a transformer has no UNet blocks
     pab = pipe.enable_pab()
     pipe("a cat", **{**OPTS, "frames": 3})
     assert pab.state.reused["temporal"] > 0 and pab.state.reused["spatial"] > 0
@@ -88,7 +108,7 @@ def test_sd3_with_temporal_layers(tmp_path):
 def test_compile_with_a_named_backend(sd1_folder):
     from vidiff.errors import InvalidArgument
 
-    pipe = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential")
+    pipe = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", dtype="float32")
     before = pipe("a cat", **{**OPTS, "steps": 2}).latents
     with pytest.raises(InvalidArgument, match="--compile-backend: unknown torch.compile backend 'nope'"):
         pipe.compile("nope")

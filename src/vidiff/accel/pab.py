@@ -8,6 +8,11 @@ default name rules would call them spatial), `attn1` of the spatial transformers
 and `attn2` cross-attention; in SD 3 the joint attention is spatial and vidiff's temporal layers temporal;
 in Latte the `temporal_transformer_blocks` are temporal.
 
+UNets get a fourth kind, `deep` (DeepCache, Ma et al. 2023): every block but the outermost down and up
+blocks is recomputed every N-th step only, reusing its last output, so the other steps run only the
+full-resolution edges of the UNet. The same hook does it, since a block's output is as reusable as an
+attention's. It is on by default for UNets (`PABConfig.for_backbone`), over the whole schedule.
+
 Built on diffusers' hook registry (`ModelHook`, `HookRegistry`); the state is reset at every generation.
 """
 
@@ -20,7 +25,8 @@ from diffusers.hooks import HookRegistry, ModelHook
 from torch import nn
 
 HOOK = "vidiff_pab"
-KINDS = ("spatial", "temporal", "cross")
+KINDS = ("spatial", "temporal", "cross", "deep")
+UNET_DEEP_SKIP = 3  # DeepCache's usual interval
 
 
 @dataclass
@@ -33,6 +39,14 @@ class PABConfig:
     spatial_range: tuple[int, int] = (100, 800)
     temporal_range: tuple[int, int] = (100, 800)
     cross_range: tuple[int, int] = (100, 800)
+    deep_skip: int | None = None  # UNets only: recompute the inner blocks every N-th step
+    deep_range: tuple[int, int] = (0, 1000)
+
+    @classmethod
+    def for_backbone(cls, denoiser, **overrides) -> PABConfig:
+        """The defaults for a denoiser: the attention values above, plus DeepCache every 3rd step on UNets."""
+        deep = UNET_DEEP_SKIP if denoiser.deep_modules() else None
+        return cls(**({"deep_skip": deep} | overrides))
 
     def skip(self, kind: str) -> int | None:
         return getattr(self, f"{kind}_skip")
@@ -117,6 +131,7 @@ class PAB:
     """Pyramid Attention Broadcast on one denoiser: `apply_pab` makes it; the loop calls `reset` and `step`."""
 
     def __init__(self, modules: dict[str, nn.Module], kinds: dict[str, str], config: PABConfig) -> None:
+        """Hook `modules[name]` for each name in `kinds` (name -> 'spatial' | 'temporal' | 'cross' | 'deep')."""
         self.config, self.state = config, PABState()
         self.modules = {}
         for name, kind in kinds.items():
@@ -146,9 +161,15 @@ class PAB:
 
 
 def apply_pab(denoiser, config: PABConfig | None = None) -> PAB:
-    """Hook Pyramid Attention Broadcast into a vidiff denoiser's attention modules."""
+    """Hook Pyramid Attention Broadcast into a vidiff denoiser's attention modules (and, with `deep_skip`, a
+    UNet's inner blocks). `config` defaults to `PABConfig.for_backbone(denoiser)`."""
+    config = config or PABConfig.for_backbone(denoiser)
     modules = denoiser.attention_modules()
-    return PAB(modules, attention_kinds(denoiser.pab_family or denoiser.family, modules), config or PABConfig())
+    kinds = attention_kinds(denoiser.pab_family or denoiser.family, modules)
+    if config.deep_skip is not None:
+        deep = denoiser.deep_modules()
+        modules, kinds = modules | deep, kinds | dict.fromkeys(deep, "deep")
+    return PAB(modules, kinds, config)
 
 
 def remove_pab(pab: PAB) -> None:

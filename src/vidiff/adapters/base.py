@@ -69,6 +69,16 @@ class VideoDenoiser(ABC):
 
         return {name: m for name, m in self.module.named_modules() if isinstance(m, Attention)}
 
+    def deep_modules(self) -> dict[str, nn.Module]:
+        """Named blocks whose outputs a DeepCache-style cache may reuse: in a UNet every block but the outermost
+        down and up blocks (so each step still runs its full-resolution edges); none in other backbones."""
+        m = self.module
+        if not all(hasattr(m, a) for a in ("down_blocks", "mid_block", "up_blocks")):
+            return {}
+        names = [f"down_blocks.{i}" for i in range(1, len(m.down_blocks))] + ["mid_block"]
+        names += [f"up_blocks.{i}" for i in range(len(m.up_blocks) - 1)]
+        return {name: m.get_submodule(name) for name in names}
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype

@@ -47,3 +47,6 @@ class ImageSequentialDenoiser(VideoDenoiser):
 
     def attention_modules(self) -> dict[str, nn.Module]:
         return self.image.attention_modules()
+
+    def deep_modules(self) -> dict[str, nn.Module]:
+        return self.image.deep_modules()
