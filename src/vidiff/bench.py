@@ -1,26 +1,31 @@
-"""Benchmark: vidiff vs diffusers' AnimateDiffPipeline on the same weights, side by side in one run.
+"""Benchmark: vidiff vs diffusers' AnimateDiffPipeline on the same weights, alternating in one process.
 
-Each contender runs in a fresh subprocess (so its peak RSS is its own) on the same model folder, seed and
-settings; per-step times come from step callbacks, and the first step is reported apart as warm-up.
+Rows: diffusers in its default dtype (float32), vidiff in that same dtype, vidiff's default dtype (`auto`:
+bfloat16 on CPUs with native bf16), and that plus Pyramid Attention Broadcast (with DeepCache on UNets).
+Every row runs once as a warm-up (one step), then the rows take turns for `--rounds` rounds, and each
+figure is the median over rounds. Per-step seconds are the denoising time over the steps (PAB makes steps
+unequal), VAE seconds the decode, total the whole call (prompt encoding to uint8 frames, loading apart).
+Peak memory is the weights plus the highest working memory above the resting level during the call
+(resident memory sampled every 2 ms on CPU, the allocator's peak on CUDA), so rows sharing a process are
+still measured apart.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-CONTENDERS = ("vidiff", "diffusers")
 PROMPT = "a red circle moving right"
+ROWS = ("diffusers", "same-dtype", "default", "pab")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,14 +35,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="sd15",
         help="random SD 1.5-sized or tiny weights, or the demo",
     )
+    p.add_argument("--model", help="an SD 1.x folder instead of --size (with --motion-module)")
+    p.add_argument("--motion-module", help="with --model: AnimateDiff motion module (folder or single file)")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=256)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4)
     p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--baseline-dtype", default="float32", help="diffusers' dtype, and vidiff's in the same-dtype row")
+    p.add_argument("--rounds", type=int, default=2, help="measured rounds after the warm-up")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     p.add_argument("--decode-chunk-size", type=int, default=8)
-    p.add_argument("--only", choices=CONTENDERS, action="append", help="run just this contender (repeatable)")
     p.add_argument("--cache", help="where the random weights are kept (default: ~/.cache/vidiff/bench-SIZE)")
     p.add_argument("--json", help="also write the results here")
 
@@ -98,124 +107,221 @@ def model_folder(size: str, cache: str | None) -> Path:
     return folder
 
 
-def _run_vidiff(folder: Path, a: argparse.Namespace, stamps: list[float]) -> float:
-    from .pipeline import VideoPipeline
+class PeakMemory:
+    """Highest memory in use above the level at entry: the CUDA allocator's peak, or on CPU the resident set
+    sampled every 2 ms from /proc/self/statm (0 where that file does not exist)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak = device, 0
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096
+        except OSError:
+            return 0
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.002):
+            self.peak = max(self.peak, self._rss() - self.base)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base, self._done = self._rss(), threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self._done.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss() - self.base)
+
+
+def weight_bytes(*modules: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+
+
+@dataclass
+class Measure:
+    """One call: denoising seconds per step, VAE decode seconds, the whole call, peak GiB; final latents."""
+
+    step_s: float
+    vae_s: float
+    total_s: float
+    peak_gib: float
+    latents: torch.Tensor = field(repr=False)
+
+
+@dataclass
+class Row:
+    name: str
+    label: str
+    dtype: str
+    call: Callable[[int], Measure]  # steps -> one measured generation
+    runs: list[Measure] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        return statistics.median(getattr(m, key) for m in self.runs)
+
+
+def _settings(a: argparse.Namespace) -> dict:
+    return dict(frames=a.frames, height=a.height, width=a.width, guidance_scale=a.guidance_scale, seed=0)
+
+
+def vidiff_row(name: str, label: str, pipe, a, pab: bool = False) -> Row:
     from .request import GenerationRequest
 
-    start = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(str(folder), dtype=a.dtype)
-    load = time.perf_counter() - start
-    request = pipe.resolve(
-        GenerationRequest(
-            PROMPT,
-            frames=a.frames,
-            height=a.height,
-            width=a.width,
-            steps=a.steps,
-            guidance_scale=a.guidance_scale,
-            seed=0,
-        )
-    )
-    stamps.append(time.perf_counter())
-    latents = pipe.generate_latents(request, progress=False, callback=lambda *_: stamps.append(time.perf_counter()))
-    for _ in pipe.decode(latents[0], a.decode_chunk_size):
-        pass
-    return load
+    weights = weight_bytes(pipe.denoiser.module, pipe.vae, pipe.prompt_encoder.text_encoder)
+
+    def call(steps: int) -> Measure:
+        if pab:
+            pipe.enable_pab()
+        with PeakMemory(pipe.device) as mem:
+            start = time.perf_counter()
+            request = pipe.resolve(GenerationRequest(PROMPT, steps=steps, **_settings(a)))
+            latents = pipe.generate_latents(request, progress=False)  # (1, C, F, h, w)
+            for _ in pipe.decode(latents[0], a.decode_chunk_size):
+                pass
+            total = time.perf_counter() - start
+        pipe.disable_pab()
+        t = pipe.timings
+        return Measure(t.per_step, t.decode, total, (weights + mem.peak) / 2**30, latents.float().cpu())
+
+    return Row(name, label, str(pipe.denoiser.dtype).removeprefix("torch."), call)
 
 
-def _run_diffusers(folder: Path, a: argparse.Namespace, stamps: list[float]) -> float:
-    from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+def diffusers_row(folder: str, motion: str | None, dtype: str, a) -> Row:
+    from diffusers import AnimateDiffPipeline, DDIMScheduler
 
-    from .loading import DTYPES
+    from .loading import resolve_device, resolve_dtype
+    from .motion.animatediff_format import load_motion_adapter
 
-    dtype = DTYPES[a.dtype]
-    start = time.perf_counter()
-    adapter = MotionAdapter.from_pretrained(folder / "motion_adapter", torch_dtype=dtype)
-    pipe = AnimateDiffPipeline.from_pretrained(folder, motion_adapter=adapter, torch_dtype=dtype)
+    device = resolve_device(a.device)
+    torch_dtype = resolve_dtype(dtype, device)
+    adapter = load_motion_adapter(motion or str(Path(folder) / "motion_adapter"), torch_dtype)
+    pipe = AnimateDiffPipeline.from_pretrained(folder, motion_adapter=adapter, torch_dtype=torch_dtype).to(device)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    load = time.perf_counter() - start
+    weights = weight_bytes(pipe.unet, pipe.vae, pipe.text_encoder)
 
-    def on_step(_pipe, _i, _t, kwargs):
-        stamps.append(time.perf_counter())
-        return kwargs
+    first: list[float] = []  # when the UNet first runs in a call: the denoising loop's start
+    pipe.unet.register_forward_pre_hook(lambda *_: first.append(time.perf_counter()) if not first else None)
 
-    stamps.append(time.perf_counter())
-    pipe(
-        PROMPT,
-        num_frames=a.frames,
-        height=a.height,
-        width=a.width,
-        num_inference_steps=a.steps,
-        guidance_scale=a.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(0),
-        decode_chunk_size=a.decode_chunk_size,
-        output_type="np",
-        callback_on_step_end=on_step,
-    )
-    return load
+    def call(steps: int) -> Measure:
+        stamps: list[float] = []
+
+        def on_step(_pipe, _i, _t, kwargs):
+            stamps.append(time.perf_counter())
+            return kwargs
+
+        s = _settings(a)
+        first.clear()
+        with PeakMemory(device) as mem:
+            start = time.perf_counter()
+            latents = pipe(
+                PROMPT,
+                num_frames=s["frames"],
+                height=s["height"],
+                width=s["width"],
+                num_inference_steps=steps,
+                guidance_scale=s["guidance_scale"],
+                generator=torch.Generator("cpu").manual_seed(s["seed"]),
+                decode_chunk_size=a.decode_chunk_size,
+                output_type="latent",
+                callback_on_step_end=on_step,
+            ).frames  # (1, C, F, h, w)
+            decode = time.perf_counter()
+            with torch.no_grad():  # what output_type="np" runs
+                video = pipe.decode_latents(latents, a.decode_chunk_size)  # (1, 3, F, H, W)
+                pipe.video_processor.postprocess_video(video=video, output_type="np")
+            total = time.perf_counter() - start
+        per_step = (stamps[-1] - first[0]) / steps
+        vae = time.perf_counter() - decode
+        return Measure(per_step, vae, total, (weights + mem.peak) / 2**30, latents.float().cpu())
+
+    return Row("diffusers", "diffusers", dtype, call)
 
 
-def worker(contender: str, folder: Path, a: argparse.Namespace) -> dict:
-    """Run one contender in this process and measure it."""
-    stamps: list[float] = []
-    load = (_run_vidiff if contender == "vidiff" else _run_diffusers)(folder, a, stamps)
-    end = time.perf_counter()
-    steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-    return {
-        "contender": contender,
-        "load_s": load,
-        "first_step_s": steps[0],
-        "step_s": statistics.median(steps[1:] or steps),
-        "decode_s": end - stamps[-1],
-        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+def run(a: argparse.Namespace) -> list[Row]:
+    """Load every row, warm each up, alternate them for `rounds`, print the table (and write --json)."""
+    from .errors import InvalidArgument
+    from .loading import resolve_device, resolve_dtype
+    from .pipeline import VideoPipeline
+
+    # 1. Check the arguments, then find or build the weights.
+    wanted = [r.strip() for r in a.rows.split(",") if r.strip()]
+    if not wanted or any(r not in ROWS for r in wanted):
+        raise InvalidArgument("--rows", f"choose from {', '.join(ROWS)}, got {a.rows!r}")
+    for flag in ("steps", "rounds", "frames"):
+        if getattr(a, flag) < 1:
+            raise InvalidArgument(f"--{flag}", f"must be >= 1, got {getattr(a, flag)}")
+    device = resolve_device(a.device)
+    resolve_dtype(a.baseline_dtype, device)
+    default = str(resolve_dtype("auto", device)).removeprefix("torch.")
+    folder = a.model or str(model_folder(a.size, a.cache))
+    motion = a.motion_module if a.model else None
+    # 2. Load the rows; vidiff rows of one dtype share a pipeline (PAB is switched on per call).
+    pipes: dict[str, VideoPipeline] = {}
+
+    def vidiff(dtype: str) -> VideoPipeline:
+        key = str(resolve_dtype(dtype, device))
+        if key not in pipes:
+            pipes[key] = VideoPipeline.from_pretrained(folder, motion, dtype=dtype, device=a.device)
+        return pipes[key]
+
+    makers = {
+        "diffusers": lambda: diffusers_row(folder, motion, a.baseline_dtype, a),
+        "same-dtype": lambda: vidiff_row("same-dtype", "vidiff same dtype", vidiff(a.baseline_dtype), a),
+        "default": lambda: vidiff_row("default", "vidiff default", vidiff("auto"), a),
+        "pab": lambda: vidiff_row("pab", "vidiff default + PAB", vidiff("auto"), a, pab=True),
     }
-
-
-def run(a: argparse.Namespace) -> list[dict]:
-    """Build (once) the weights, then run each contender in its own subprocess and print a table."""
-    folder = model_folder(a.size, a.cache)
-    results = []
-    for contender in a.only or CONTENDERS:
-        cmd = [
-            sys.executable,
-            "-m",
-            "vidiff.bench",
-            contender,
-            str(folder),
-            json.dumps(vars(a) | {"func": None}),
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
-        if proc.returncode != 0:
-            raise RuntimeError(f"{contender} worker failed:\n{proc.stderr[-4000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(
-        f"{a.size} weights, {a.frames} frames {a.width}x{a.height}, {a.steps} steps, CFG {a.guidance_scale}, "
-        f"{a.dtype}, {torch.get_num_threads()} threads; s/clip = load excluded"
-    )
-    print(f"{'':10} {'load s':>8} {'1st step s':>11} {'s/step':>8} {'decode s':>9} {'peak RSS GiB':>13}")
-    for r in results:
-        print(
-            f"{r['contender']:10} {r['load_s']:8.2f} {r['first_step_s']:11.2f} {r['step_s']:8.2f} "
-            f"{r['decode_s']:9.2f} {r['peak_rss_gib']:13.2f}"
-        )
-    if len(results) == 2:
-        v, d = results
-        print(
-            f"diffusers/vidiff: s/step {d['step_s'] / v['step_s']:.2f}x, load {d['load_s'] / v['load_s']:.2f}x, "
-            f"peak RSS {d['peak_rss_gib'] / v['peak_rss_gib']:.2f}x"
-        )
+    rows = [makers[name]() for name in ROWS if name in wanted]
+    # 3. Warm up (one step each), then take turns.
+    for row in rows:
+        row.call(1)
+    for _ in range(a.rounds):
+        for row in rows:
+            row.runs.append(row.call(a.steps))
+    report(rows, a, default)
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2))
-    return results
+        results = [
+            {"row": r.name, "dtype": r.dtype, "runs": [asdict(m) | {"latents": None} for m in r.runs]} for r in rows
+        ]
+        Path(a.json).write_text(json.dumps({"settings": vars(a) | {"func": None}, "rows": results}, indent=2))
+    return rows
 
 
-if __name__ == "__main__":  # worker entry: python -m vidiff.bench CONTENDER FOLDER ARGS_JSON
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    for log in (dlog, tlog):
-        log.set_verbosity_error()
-        log.disable_progress_bar()
-    contender, folder, options = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
-    print(json.dumps(worker(contender, folder, argparse.Namespace(**options))))
+def report(rows: list[Row], a: argparse.Namespace, default: str) -> None:
+    by = {r.name: r for r in rows}
+    print(
+        f"{a.model or a.size} weights, {a.frames} frames {a.width}x{a.height}, {a.steps} steps, CFG "
+        f"{a.guidance_scale}, {a.device} ({torch.get_num_threads()} threads), vidiff default dtype {default}; "
+        f"median of {a.rounds} alternating rounds after a warm-up"
+    )
+    base = by.get("diffusers")
+    head = f"{'':22} {'dtype':>9} {'s/step':>8} {'VAE s':>7} {'total s':>8} {'peak GiB':>9}"
+    print(head + (f" {'step vs diffusers':>18}" if base else ""))
+    for r in rows:
+        line = (
+            f"{r.label:22} {r.dtype:>9} {r.median('step_s'):8.2f} {r.median('vae_s'):7.2f} "
+            f"{r.median('total_s'):8.2f} {r.median('peak_gib'):9.2f}"
+        )
+        if base:
+            line += f" {r.median('step_s') / base.median('step_s'):17.2f}x"
+        print(line)
+    if "default" in by and "pab" in by:
+        on, off = by["pab"].runs[-1].latents, by["default"].runs[-1].latents
+        print(
+            f"PAB: {by['default'].median('step_s') / by['pab'].median('step_s'):.2f}x faster per step than vidiff "
+            f"default; relative L2 of final latents vs PAB off: {((on - off).norm() / off.norm()).item():.4f}"
+        )
