@@ -44,7 +44,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-noise", type=float, default=DEFAULT_FRAME_NOISE, help="sequential: per-frame noise")
     p.add_argument("--frame-batch", type=int, help="sequential: frames per UNet call (default: all)")
     p.add_argument("--no-t5", action="store_true", help="SD 3: skip the T5 encoder (zeros in its place)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16, or float16 on a GPU (default: %(default)s)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (bfloat16 on CPUs with native bf16 and on GPUs, else float32), float32, bfloat16, float16 (GPU)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
 
 
@@ -83,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--pab-cross", type=int, default=6, help="recompute cross-attention every N steps")
     gen.add_argument("--pab-range", type=int, nargs=2, default=(100, 800), metavar=("LO", "HI"), help="timesteps")
     gen.add_argument(
+        "--pab-deep",
+        type=int,
+        help="UNets: recompute the inner blocks every N steps, reusing them between (DeepCache; default 3, 1: off)",
+    )
+    gen.add_argument(
         "--image-seeds", help='"latents: f.pt" | "src" | "src;latents=f.pt" | "src;mask=m.png[;latents=f.pt]"'
     )
     gen.add_argument("--image-seed-strength", type=float, default=0.8, help="img2img: share of the schedule re-run")
@@ -95,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("latents", help=".pt, .pth or .safetensors latents")
     dec.add_argument("-o", "--output", required=True, help="out.gif | out.mp4 | out.webp | folder/")
     dec.add_argument("--model", default=DEFAULT_MODEL, help="whose VAE decodes (default: %(default)s)")
-    dec.add_argument("--dtype", default="float32")
+    dec.add_argument("--dtype", default="auto")
     dec.add_argument("--device", default="cpu")
     dec.add_argument("--fps", type=float, default=8.0)
     dec.add_argument("--decode-chunk-size", type=int, default=8)
@@ -115,11 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint-every", type=int, default=200)
     tr.add_argument("--save-dtype", default="float32", help="dtype of the exported weights")
     tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    tr.add_argument("--family", choices=("sd1", "sd3"), help="architecture of a new demo-sized model (default sd1)")
 
     ev = sub.add_parser("eval-demo", help="colour / shape / direction accuracy of a model on the demo prompts")
     _add_model_args(ev)
     ev.add_argument("--seeds", type=int, default=3, help="clips per combination")
-    ev.add_argument("--modes", default="motion,sequential", help="comma-separated modes to compare")
+    ev.add_argument(
+        "--modes",
+        default="motion,sequential",
+        help="comma-separated modes to compare; a '+pab' suffix turns on Pyramid Attention Broadcast (motion+pab)",
+    )
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--guidance-scale", type=float, default=7.5)
     ev.add_argument("--scheduler")
@@ -250,11 +264,22 @@ def generate(args: argparse.Namespace) -> None:
     if args.compile:
         pipe.compile(args.compile_backend)
     if args.pab:
-        for flag in ("pab_spatial", "pab_temporal", "pab_cross"):
-            if getattr(args, flag) < 1:
+        for flag in ("pab_spatial", "pab_temporal", "pab_cross", "pab_deep"):
+            if getattr(args, flag) is not None and getattr(args, flag) < 1:
                 raise InvalidArgument(f"--{flag.replace('_', '-')}", "must be >= 1 (1: never skip)")
         span = tuple(args.pab_range)
-        pipe.enable_pab(PABConfig(args.pab_spatial, args.pab_temporal, args.pab_cross, span, span, span))
+        deep = {} if args.pab_deep is None else {"deep_skip": args.pab_deep}
+        config = PABConfig.for_backbone(
+            pipe.denoiser,
+            spatial_skip=args.pab_spatial,
+            temporal_skip=args.pab_temporal,
+            cross_skip=args.pab_cross,
+            spatial_range=span,
+            temporal_range=span,
+            cross_range=span,
+            **deep,
+        )
+        pipe.enable_pab(config)
     source, request = _source(pipe, seed, resume, request, args)
     output = args.output or _default_output(request.prompt, request.seed)
     resume_file = Path(f"{output}.resume.safetensors")
@@ -321,6 +346,7 @@ def train_stage(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         save_dtype=args.save_dtype,
         restart=args.restart,
+        family=args.family,
     )
     start = time.perf_counter()
     losses = train(cfg)
@@ -338,8 +364,13 @@ def eval_demo(args: argparse.Namespace) -> None:
     from .pipeline import VideoPipeline
 
     rows = {}
-    for mode in args.modes.split(","):
-        pipe = VideoPipeline.from_pretrained(args.model, args.motion_module, args.dtype, args.device, mode.strip())
+    for name in (m.strip() for m in args.modes.split(",")):
+        mode, _, extra = name.partition("+")
+        if extra not in ("", "pab"):
+            raise InvalidArgument("--modes", f"unknown suffix +{extra} in {name!r} (only +pab)")
+        pipe = VideoPipeline.from_pretrained(args.model, args.motion_module, args.dtype, args.device, mode)
+        if extra == "pab":
+            pipe.enable_pab()
         for split, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
             results = evaluate(
                 pipe,
@@ -349,7 +380,7 @@ def eval_demo(args: argparse.Namespace) -> None:
                 guidance_scale=args.guidance_scale,
                 scheduler=args.scheduler,
             )
-            rows[f"{mode.strip()} / {split}"] = summarize(results)
+            rows[f"{name} / {split}"] = summarize(results)
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:

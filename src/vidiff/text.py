@@ -82,6 +82,16 @@ class SD3PromptEncoder(PromptEncoder):
         prompts_3: list[str] | None = None,
         max_sequence_length: int = 256,
     ) -> Conditioning:
+        return self.encode(prompts, prompts_2, prompts_3, max_sequence_length)
+
+    def encode(
+        self,
+        prompts: list[str],
+        prompts_2: list[str] | None = None,
+        prompts_3: list[str] | None = None,
+        max_sequence_length: int = 256,
+    ) -> Conditioning:
+        """`__call__` with gradients (the image stage trains the CLIP encoders through it)."""
         l_states, l_pooled = self._clip(0, prompts)
         g_states, g_pooled = self._clip(1, prompts_2 or prompts)
         t5 = self._t5(prompts_3 or prompts, max_sequence_length)  # (B, L, D_t5)

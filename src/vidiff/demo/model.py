@@ -2,6 +2,10 @@
 
 64x64 pixels -> 16x16x4 latents (a 3-block VAE, 4x down), a 3-level UNet with cross-attention, a 2-layer
 CLIP text encoder over the real CLIP vocabulary, and an AnimateDiff MotionAdapter matching the UNet.
+
+Its SD 3-shaped sibling (`vidiff train ... --family sd3`) shares the VAE and tokenizer: a 4-block MMDiT over
+2x2 patches of the same latents, two CLIP encoders with projections (SD 3's CLIP-L and CLIP-G; no T5) and
+SD 3's flow-matching Euler scheduler.
 """
 
 from __future__ import annotations
@@ -94,6 +98,55 @@ def motion_adapter_for(unet_config: dict, heads: int = 8, max_frames: int = 32) 
             module.weight.data.zero_()
             module.bias.data.zero_()
     return adapter
+
+
+def demo_sd3_transformer():
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=4,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=2 * TEXT_DIM,  # CLIP-L and CLIP-G states side by side
+        caption_projection_dim=128,
+        pooled_projection_dim=2 * TEXT_DIM,  # both projections
+        pos_embed_max_size=16,
+    )
+
+
+def demo_clip_with_projection():
+    from transformers import CLIPTextModelWithProjection
+
+    config = demo_text_encoder().config
+    config.projection_dim = TEXT_DIM
+    return CLIPTextModelWithProjection(config)
+
+
+def demo_sd3_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(shift=1.0)  # 64 tokens: no resolution shift
+
+
+def write_sd3_model_index(folder: Path) -> None:
+    index = {
+        "_class_name": "StableDiffusion3Pipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_3": [None, None],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "tokenizer_3": [None, None],
+        "transformer": ["diffusers", "SD3Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
 def demo_scheduler() -> DDIMScheduler:

@@ -7,6 +7,9 @@
 - `motion`: only the motion modules (AnimateDiff's `motion_modules.` rule) on clips, the image model frozen.
   Works on any SD 1.x folder, a user's real one included.
 
+SD 3 folders (or `family="sd3"` for a new one) train the same way with a rectified-flow loss: `image` the
+MMDiT and both CLIP encoders, `motion` vidiff's temporal layers with the transformer frozen.
+
 Every step draws its batch, noise and timesteps from generators seeded by (seed, step), so a run resumed
 from a checkpoint continues exactly as the uninterrupted run would have.
 """
@@ -59,6 +62,7 @@ class TrainConfig:
     uncond_prob: float = 0.1
     save_dtype: str = "float32"
     restart: bool = False  # ignore an existing checkpoint
+    family: str | None = None  # a new folder's architecture: "sd1" (default) or "sd3"; else the folder's own
     losses: list[float] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -69,6 +73,8 @@ class TrainConfig:
                 raise InvalidArgument(flag, f"must be >= 1, got {value}")
         if self.save_dtype not in DTYPES:
             raise InvalidArgument("--save-dtype", f"unknown dtype {self.save_dtype!r}")
+        if self.family not in (None, "sd1", "sd3"):
+            raise InvalidArgument("--family", f"unknown family {self.family!r} (choose from sd1, sd3)")
 
     @property
     def checkpoint(self) -> Path:
@@ -93,15 +99,20 @@ class Stage:
         raise NotImplementedError
 
 
-def _ensure_skeleton(folder: Path) -> None:
-    """A new demo folder: tokenizer, scheduler and model index, before any weights exist."""
+def _ensure_skeleton(folder: Path, family: str = "sd1") -> None:
+    """A new demo folder: tokenizer(s), scheduler and model index, before any weights exist."""
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "tokenizer").is_dir():
-        shutil.copytree(DEMO_TOKENIZER, folder / "tokenizer")
+    for name in ("tokenizer", "tokenizer_2") if family == "sd3" else ("tokenizer",):
+        if not (folder / name).is_dir():
+            shutil.copytree(DEMO_TOKENIZER, folder / name)
     if not (folder / "scheduler").is_dir():
-        demo.demo_scheduler().save_pretrained(folder / "scheduler")
+        scheduler = demo.demo_sd3_scheduler() if family == "sd3" else demo.demo_scheduler()
+        scheduler.save_pretrained(folder / "scheduler")
     if not (folder / "model_index.json").is_file():
-        demo.write_model_index(folder, motion_adapter=False)
+        if family == "sd3":
+            demo.write_sd3_model_index(folder)
+        else:
+            demo.write_model_index(folder, motion_adapter=False)
 
 
 def _save(module: nn.Module, folder: Path, dtype: torch.dtype) -> None:
@@ -112,7 +123,7 @@ def _save(module: nn.Module, folder: Path, dtype: torch.dtype) -> None:
 
 class VaeStage(Stage):
     def __init__(self, cfg: TrainConfig, data) -> None:
-        _ensure_skeleton(cfg.model)
+        _ensure_skeleton(cfg.model, cfg.family)
         vae_dir = cfg.model / "vae"
         self.vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=FP32) if vae_dir.is_dir() else demo.demo_vae()
         self.modules = {"vae": self.vae.train()}
@@ -232,6 +243,83 @@ class MotionStage(Stage):
             demo.write_model_index(self.cfg.model, motion_adapter=True)
 
 
+class _Flow:
+    """Shared by the SD 3 stages: frozen VAE encoding (shift and scale), prompts, and the rectified-flow loss."""
+
+    MAX_SEQUENCE_LENGTH = 77  # T5 tokens (zeros without T5): generate with --max-sequence-length 77
+
+    def __init__(self, cfg: TrainConfig, vae: AutoencoderKL, encoder) -> None:
+        self.cfg, self.vae, self.encoder = cfg, vae.eval().requires_grad_(False), encoder
+
+    def encode(self, pixels: Tensor) -> Tensor:
+        c = self.vae.config
+        with torch.no_grad():
+            z = self.vae.encode(pixels).latent_dist.mean  # (N, C, h, w)
+        return (z - (c.shift_factor or 0.0)) * c.scaling_factor
+
+    def cond(self, captions: list[str], rng: np.random.Generator, grad: bool):
+        captions = ["" if rng.random() < self.cfg.uncond_prob else t for t in captions]
+        with torch.set_grad_enabled(grad):
+            return self.encoder.encode(captions, max_sequence_length=self.MAX_SEQUENCE_LENGTH)
+
+    def loss(self, transformer, z: Tensor, cond, frames: int, gen: torch.Generator) -> Tensor:
+        """z (B*F, C, h, w) clean latents, one noise level per clip of `frames` frames: the flow's velocity."""
+        b = z.shape[0] // frames
+        sigma = torch.rand(b, generator=gen).repeat_interleave(frames)[:, None, None, None]  # (B*F, 1, 1, 1)
+        noise = torch.randn(z.shape, generator=gen)
+        noisy = (1 - sigma) * z + sigma * noise  # (B*F, C, h, w)
+        pred = transformer(
+            hidden_states=noisy,
+            timestep=sigma.flatten() * 1000,
+            encoder_hidden_states=cond.embeds.repeat_interleave(frames, dim=0),
+            pooled_projections=cond.pooled.repeat_interleave(frames, dim=0),
+            return_dict=False,
+        )[0]
+        return F.mse_loss(pred, noise - z)
+
+
+class SD3ImageStage(Stage):
+    """SD 3: the MMDiT and both CLIP encoders on single frames, VAE frozen (rectified-flow loss)."""
+
+    def __init__(self, cfg: TrainConfig, data) -> None:
+        from diffusers import SD3Transformer2DModel
+        from transformers import CLIPTextModelWithProjection
+
+        from ..text import SD3PromptEncoder
+
+        _ensure_skeleton(cfg.model, "sd3")
+        m = cfg.model
+        self.transformer = (
+            SD3Transformer2DModel.from_pretrained(m / "transformer", torch_dtype=FP32)
+            if (m / "transformer").is_dir()
+            else demo.demo_sd3_transformer()
+        )
+        names = ("text_encoder", "text_encoder_2")
+        encoders = [
+            CLIPTextModelWithProjection.from_pretrained(m / n, dtype=FP32)
+            if (m / n).is_dir()
+            else demo.demo_clip_with_projection()
+            for n in names
+        ]
+        tokenizers = [CLIPTokenizer.from_pretrained(m / n) for n in ("tokenizer", "tokenizer_2")]
+        encoder = SD3PromptEncoder([*tokenizers, None], [*encoders, None], self.transformer.config.joint_attention_dim)
+        vae = AutoencoderKL.from_pretrained(m / "vae", torch_dtype=FP32)
+        self.flow = _Flow(cfg, vae, encoder)
+        self.modules = {"transformer": self.transformer.train()} | {
+            n: e.train() for n, e in zip(names, encoders, strict=True)
+        }
+        self.cfg, self.data = cfg, data
+
+    def loss(self, rng, gen):
+        pixels, captions = self.data.images(rng, self.cfg.batch_size)  # (B, 3, H, W)
+        z = self.flow.encode(pixels)  # (B, C, h, w)
+        return self.flow.loss(self.transformer, z, self.flow.cond(captions, rng, grad=True), 1, gen)
+
+    def export(self, dtype):
+        for name, module in self.modules.items():
+            _save(module, self.cfg.model / name, dtype)
+
+
 class SD3MotionStage(Stage):
     """SD 3 / 3.5: train vidiff's temporal layers with the transformer frozen (rectified-flow loss)."""
 
@@ -241,10 +329,9 @@ class SD3MotionStage(Stage):
         from ..text import SD3PromptEncoder
 
         parts = load_sd3(cfg.model, torch.float32, torch.device("cpu"))
-        self.vae, self.transformer = parts.vae, parts.transformer
-        self.encoder = SD3PromptEncoder(
-            parts.tokenizers, parts.text_encoders, parts.transformer.config.joint_attention_dim
-        )
+        self.transformer = parts.transformer
+        encoder = SD3PromptEncoder(parts.tokenizers, parts.text_encoders, parts.transformer.config.joint_attention_dim)
+        self.flow = _Flow(cfg, parts.vae, encoder)
         self.out = cfg.out or cfg.model / "temporal.safetensors"
         if self.out.is_file():
             self.layers = SD3TemporalLayers.load(self.out)
@@ -256,25 +343,10 @@ class SD3MotionStage(Stage):
 
     def loss(self, rng, gen):
         videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
-        b, f = videos.shape[:2]
-        c = self.vae.config
-        with torch.no_grad():
-            z = self.vae.encode(videos.flatten(0, 1)).latent_dist.mean  # (B*F, C, h, w)
-            z = (z - (c.shift_factor or 0.0)) * c.scaling_factor
-            captions = ["" if rng.random() < self.cfg.uncond_prob else t for t in captions]
-            cond = self.encoder(captions, max_sequence_length=77)
-        sigma = torch.rand(b, generator=gen).repeat_interleave(f)[:, None, None, None]  # one time per clip
-        noise = torch.randn(z.shape, generator=gen)
-        noisy = (1 - sigma) * z + sigma * noise  # (B*F, C, h, w)
+        f = videos.shape[1]
+        z = self.flow.encode(videos.flatten(0, 1))  # (B*F, C, h, w)
         self.layers.frames = f
-        pred = self.transformer(
-            hidden_states=noisy,
-            timestep=sigma.flatten() * 1000,
-            encoder_hidden_states=cond.embeds.repeat_interleave(f, dim=0),
-            pooled_projections=cond.pooled.repeat_interleave(f, dim=0),
-            return_dict=False,
-        )[0]
-        return F.mse_loss(pred, noise - z)  # the flow's velocity
+        return self.flow.loss(self.transformer, z, self.flow.cond(captions, rng, grad=False), f, gen)
 
     def export(self, dtype):
         self.layers.to(dtype).save(self.out)
@@ -297,9 +369,11 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float
     data = open_data(cfg.data, cfg.frames, cfg.size)
     if cfg.stage != "vae" and not (cfg.model / "vae").is_dir():
         raise InvalidArgument("--model", f"{cfg.model} has no vae/: train the vae stage first")
+    new = not (cfg.model / "model_index.json").is_file()
+    cfg.family = (cfg.family or "sd1") if new else model_family(cfg.model)
     stages = {"vae": VaeStage, "image": ImageStage, "motion": MotionStage}
-    if cfg.stage == "motion" and model_family(cfg.model) == "sd3":
-        stages["motion"] = SD3MotionStage
+    if cfg.family == "sd3":
+        stages |= {"image": SD3ImageStage, "motion": SD3MotionStage}
     stage = stages[cfg.stage](cfg, data)
     params = stage.params()
     lr = cfg.lr or DEFAULT_LR[cfg.stage]
