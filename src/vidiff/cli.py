@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--guidance-scale", type=float, default=7.5)
     ev.add_argument("--scheduler")
+    ev.add_argument("--max-sequence-length", type=int, default=256, help="SD 3: T5 tokens (77 for vidiff's SD 3 demo)")
     ev.add_argument("--limit", type=int, help="only the first N combinations of each split")
     ev.add_argument("--json", help="also write the summaries here")
 
@@ -379,6 +380,7 @@ def eval_demo(args: argparse.Namespace) -> None:
                 steps=args.steps,
                 guidance_scale=args.guidance_scale,
                 scheduler=args.scheduler,
+                max_sequence_length=args.max_sequence_length,
             )
             rows[f"{name} / {split}"] = summarize(results)
     print(table(rows))
