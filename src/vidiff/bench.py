@@ -209,7 +209,7 @@ def diffusers_row(folder: str, motion: str | None, dtype: str, a) -> Row:
     device = resolve_device(a.device)
     torch_dtype = resolve_dtype(dtype, device)
     adapter = load_motion_adapter(motion or str(Path(folder) / "motion_adapter"), torch_dtype)
-    pipe = AnimateDiffPipeline.from_pretrained(folder, motion_adapter=adapter, torch_dtype=torch_dtype).to(device)
+    pipe = AnimateDiffPipeline.from_pretrained(folder, motion_adapter=adapter, dtype=torch_dtype).to(device)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     weights = weight_bytes(pipe.unet, pipe.vae, pipe.text_encoder)
