@@ -133,3 +133,13 @@ def test_sd3_family_image_and_temporal_stages(trained, tmp_path):
         pipe = VideoPipeline.from_pretrained(str(folder), dtype="float32", **kw)
         out = pipe("a red circle moving right", frames=8, steps=2, seed=0, max_sequence_length=77, progress=False)
         assert out.frames[0].shape == (8, 64, 64, 3)
+
+
+def test_keyframe_share_picks_first_frames():
+    from vidiff.train.data import pick_frames
+
+    videos = torch.arange(6 * 5, dtype=torch.float32).view(6, 5, 1, 1, 1).expand(6, 5, 3, 2, 2)  # frame id = value
+    first, _ = pick_frames(videos, [""] * 6, np.random.default_rng(0), keyframe_share=1.0)
+    assert torch.equal(first[:, 0, 0, 0], videos[:, 0, 0, 0, 0])
+    picks = [pick_frames(videos, [""] * 6, np.random.default_rng(s), 0.0)[0][:, 0, 0, 0] for s in range(20)]
+    assert any(not torch.equal(p, videos[:, 0, 0, 0, 0]) for p in picks)  # share 0: any frame

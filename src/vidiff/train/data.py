@@ -16,21 +16,23 @@ from ..demo.data import SEEN, render_clip
 from ..errors import InvalidArgument
 from ..media import VIDEO_SUFFIXES, read_frames
 
-KEYFRAME_SHARE = 0.5
-
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
     """(F, H, W, 3) uint8 -> (F, 3, H, W) float in [-1, 1]."""
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def pick_frames(videos: torch.Tensor, captions: list[str], rng: np.random.Generator) -> tuple[torch.Tensor, list[str]]:
-    """One frame per clip for the image stage: the first frame (the keyframe a clip starts from) with
-    probability KEYFRAME_SHARE, any frame otherwise. The keyframe share makes the caption's motion words
-    matter to the image model (where a clip starts depends on where it goes), so the frozen image model's
-    features carry them to the motion modules."""
+def pick_frames(
+    videos: torch.Tensor, captions: list[str], rng: np.random.Generator, keyframe_share: float
+) -> tuple[torch.Tensor, list[str]]:
+    """One frame per clip: the first one (the keyframe the clip starts from) with probability `keyframe_share`,
+    any frame otherwise. Where a clip starts depends on where it goes, so keyframes make the caption's motion
+    words matter to an image model trained on them, and its features carry them to the motion modules."""
     b, f = videos.shape[:2]  # videos: (B, F, 3, H, W)
-    pick = np.where(rng.random(b) < KEYFRAME_SHARE, 0, rng.integers(f, size=b))
+    if keyframe_share == 0:
+        pick = rng.integers(f, size=b)
+    else:
+        pick = np.where(rng.random(b) < keyframe_share, 0, rng.integers(f, size=b))
     return videos[torch.arange(b), torch.from_numpy(pick)], captions  # (B, 3, H, W)
 
 
@@ -47,8 +49,10 @@ class DemoClips:
         clips = [render_clip(*c, rng, self.frames) for c in picks]
         return torch.stack([to_tensor(c.frames) for c in clips]), [c.caption for c in clips]  # (B, F, 3, H, W)
 
-    def images(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
-        return pick_frames(*self.clips(rng, batch), rng)
+    def images(
+        self, rng: np.random.Generator, batch: int, keyframe_share: float = 0.0
+    ) -> tuple[torch.Tensor, list[str]]:
+        return pick_frames(*self.clips(rng, batch), rng, keyframe_share)
 
 
 class VideoFolder:
@@ -92,8 +96,10 @@ class VideoFolder:
             captions.append(caption)
         return torch.stack(out), captions  # (B, F, 3, H, W)
 
-    def images(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
-        return pick_frames(*self.clips(rng, batch), rng)
+    def images(
+        self, rng: np.random.Generator, batch: int, keyframe_share: float = 0.0
+    ) -> tuple[torch.Tensor, list[str]]:
+        return pick_frames(*self.clips(rng, batch), rng, keyframe_share)
 
 
 def open_data(spec: str, frames: int, size: int) -> DemoClips | VideoFolder:

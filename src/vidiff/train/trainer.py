@@ -62,6 +62,8 @@ class TrainConfig:
     uncond_prob: float = 0.1
     save_dtype: str = "float32"
     restart: bool = False  # ignore an existing checkpoint
+    keyframe_share: float = 1.0  # image stages: how often a clip's first frame is drawn (else any frame)
+    text_lr_scale: float = 0.1  # image stages: the text encoders learn this much slower than the denoiser
     family: str | None = None  # a new folder's architecture: "sd1" (default) or "sd3"; else the folder's own
     losses: list[float] = field(default_factory=list)
 
@@ -73,6 +75,8 @@ class TrainConfig:
                 raise InvalidArgument(flag, f"must be >= 1, got {value}")
         if self.save_dtype not in DTYPES:
             raise InvalidArgument("--save-dtype", f"unknown dtype {self.save_dtype!r}")
+        if not 0.0 <= self.keyframe_share <= 1.0:
+            raise InvalidArgument("--keyframe-share", f"must be in [0, 1], got {self.keyframe_share}")
         if self.family not in (None, "sd1", "sd3"):
             raise InvalidArgument("--family", f"unknown family {self.family!r} (choose from sd1, sd3)")
 
@@ -91,6 +95,15 @@ class Stage:
 
     def params(self) -> list[nn.Parameter]:
         return [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+
+    def param_groups(self, cfg: TrainConfig) -> list[dict]:
+        """Optimizer groups with an lr `scale`: text encoders at `cfg.text_lr_scale` (trained from scratch
+        at full rate, they learn to blur what single frames cannot show, such as the motion words)."""
+        groups: dict[float, list[nn.Parameter]] = {}
+        for name, module in self.modules.items():
+            scale = cfg.text_lr_scale if name.startswith("text_encoder") else 1.0
+            groups.setdefault(scale, []).extend(p for p in module.parameters() if p.requires_grad)
+        return [{"params": ps, "scale": scale} for scale, ps in groups.items()]
 
     def loss(self, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
         raise NotImplementedError
@@ -192,7 +205,7 @@ class ImageStage(Stage):
         self.cfg, self.data = cfg, data
 
     def loss(self, rng, gen):
-        pixels, captions = self.data.images(rng, self.cfg.batch_size)  # (B, 3, H, W)
+        pixels, captions = self.data.images(rng, self.cfg.batch_size, self.cfg.keyframe_share)  # (B, 3, H, W)
         latents = self.diff.encode(pixels)  # (B, 4, h, w)
         embeds = self.text(self.diff.tokens(captions, rng))[0]  # (B, 77, D)
         noisy, t, target = self.diff.noised(latents, gen)
@@ -311,7 +324,7 @@ class SD3ImageStage(Stage):
         self.cfg, self.data = cfg, data
 
     def loss(self, rng, gen):
-        pixels, captions = self.data.images(rng, self.cfg.batch_size)  # (B, 3, H, W)
+        pixels, captions = self.data.images(rng, self.cfg.batch_size, self.cfg.keyframe_share)  # (B, 3, H, W)
         z = self.flow.encode(pixels)  # (B, C, h, w)
         return self.flow.loss(self.transformer, z, self.flow.cond(captions, rng, grad=True), 1, gen)
 
@@ -377,7 +390,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float
     stage = stages[cfg.stage](cfg, data)
     params = stage.params()
     lr = cfg.lr or DEFAULT_LR[cfg.stage]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(stage.param_groups(cfg), lr=lr, weight_decay=0.0)
     start, losses = 0, []
     if cfg.checkpoint.is_file() and not cfg.restart:
         state = torch.load(cfg.checkpoint, weights_only=True)
@@ -389,7 +402,7 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float
     for step in bar:
         for group in opt.param_groups:  # linear warm-up, then cosine to a tenth
             warm = min(1.0, (step + 1) / max(cfg.warmup, 1))
-            group["lr"] = lr * warm * (0.55 + 0.45 * math.cos(math.pi * step / cfg.steps))
+            group["lr"] = group["scale"] * lr * warm * (0.55 + 0.45 * math.cos(math.pi * step / cfg.steps))
         rng = np.random.default_rng([cfg.seed, step])
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         loss = stage.loss(rng, gen)
