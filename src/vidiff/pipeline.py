@@ -154,6 +154,8 @@ class VideoPipeline:
             denoiser: VideoDenoiser = UNetMotionDenoiser(parts.unet)
         else:
             denoiser = ImageSequentialDenoiser(UNetFramesDenoiser(parts.unet), frame_noise, frame_batch)
+        if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
+            parts.unet.to(memory_format=torch.channels_last)  # bf16 convolutions on CPU: 4-5% faster per step
         return cls(
             ClipPromptEncoder(parts.tokenizer, parts.text_encoder),
             denoiser,

@@ -62,8 +62,8 @@ class TrainConfig:
     uncond_prob: float = 0.1
     save_dtype: str = "float32"
     restart: bool = False  # ignore an existing checkpoint
-    keyframe_share: float = 1.0  # image stages: how often a clip's first frame is drawn (else any frame)
-    text_lr_scale: float = 0.1  # image stages: the text encoders learn this much slower than the denoiser
+    keyframe_share: float = 0.0  # image stages: how often a clip's first frame is drawn (else any frame)
+    text_lr_scale: float = 1.0  # image stages: the text encoders learn this much slower than the denoiser
     family: str | None = None  # a new folder's architecture: "sd1" (default) or "sd3"; else the folder's own
     losses: list[float] = field(default_factory=list)
 
