@@ -74,16 +74,6 @@ class SD3PromptEncoder(PromptEncoder):
         ).input_ids  # fmt: skip
         return encoder(ids.to(encoder.device))[0].to(encoder.dtype)  # (B, L, D_t5)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompts: list[str],
-        prompts_2: list[str] | None = None,
-        prompts_3: list[str] | None = None,
-        max_sequence_length: int = 256,
-    ) -> Conditioning:
-        return self.encode(prompts, prompts_2, prompts_3, max_sequence_length)
-
     def encode(
         self,
         prompts: list[str],
@@ -98,6 +88,8 @@ class SD3PromptEncoder(PromptEncoder):
         clip = torch.cat([l_states, g_states], dim=-1)  # (B, 77, D_l + D_g)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))  # (B, 77, D_t5)
         return Conditioning(embeds=torch.cat([clip, t5], dim=-2), pooled=torch.cat([l_pooled, g_pooled], dim=-1))
+
+    __call__ = torch.no_grad()(encode)
 
 
 class T5PromptEncoder(PromptEncoder):

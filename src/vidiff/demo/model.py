@@ -132,23 +132,6 @@ def demo_sd3_scheduler():
     return FlowMatchEulerDiscreteScheduler(shift=1.0)  # 64 tokens: no resolution shift
 
 
-def write_sd3_model_index(folder: Path) -> None:
-    index = {
-        "_class_name": "StableDiffusion3Pipeline",
-        "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "text_encoder_3": [None, None],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "tokenizer_3": [None, None],
-        "transformer": ["diffusers", "SD3Transformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-
-
 def demo_scheduler() -> DDIMScheduler:
     return DDIMScheduler(
         num_train_timesteps=1000,
@@ -162,10 +145,9 @@ def demo_scheduler() -> DDIMScheduler:
     )
 
 
-def write_model_index(folder: Path, motion_adapter: bool) -> None:
-    index = {
+_COMPONENTS = {  # model_index.json entries per family
+    "sd1": {
         "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
         "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
@@ -173,7 +155,24 @@ def write_model_index(folder: Path, motion_adapter: bool) -> None:
         "vae": ["diffusers", "AutoencoderKL"],
         "safety_checker": [None, None],
         "feature_extractor": [None, None],
-    }
+    },
+    "sd3": {
+        "_class_name": "StableDiffusion3Pipeline",
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "text_encoder_3": [None, None],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "tokenizer_3": [None, None],
+        "transformer": ["diffusers", "SD3Transformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    },
+}
+
+
+def write_model_index(folder: Path, motion_adapter: bool = False, family: str = "sd1") -> None:
+    index = {"_diffusers_version": diffusers.__version__} | _COMPONENTS[family]
     if motion_adapter:
         index["motion_adapter"] = ["diffusers", "MotionAdapter"]
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))

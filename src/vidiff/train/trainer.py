@@ -122,10 +122,7 @@ def _ensure_skeleton(folder: Path, family: str = "sd1") -> None:
         scheduler = demo.demo_sd3_scheduler() if family == "sd3" else demo.demo_scheduler()
         scheduler.save_pretrained(folder / "scheduler")
     if not (folder / "model_index.json").is_file():
-        if family == "sd3":
-            demo.write_sd3_model_index(folder)
-        else:
-            demo.write_model_index(folder, motion_adapter=False)
+        demo.write_model_index(folder, family=family)
 
 
 def _save(module: nn.Module, folder: Path, dtype: torch.dtype) -> None:
