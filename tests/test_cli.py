@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -170,6 +171,8 @@ def test_default_output_name_and_timings_line(tmp_path, model_args, capsys, monk
     out = capsys.readouterr().out
     assert (tmp_path / "a-red-circle-moving-right-1.gif").is_file()
     assert "s/step" in out and "s/frame" in out and "load" in out
+    peak, weights = re.search(r"peak memory ([\d.]+) GiB: weights ([\d.]+)", out).groups()
+    assert float(peak) >= float(weights) > 0
 
 
 def test_dtype_auto_is_bfloat16_where_the_cpu_has_it(tmp_path, model_args):

@@ -16,13 +16,14 @@ import argparse
 import json
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from .memory import PeakMemory, weight_bytes
 
 PROMPT = "a red circle moving right"
 ROWS = ("diffusers", "same-dtype", "default", "pab")
@@ -107,50 +108,6 @@ def model_folder(size: str, cache: str | None) -> Path:
     return folder
 
 
-class PeakMemory:
-    """Highest memory in use above the level at entry: the CUDA allocator's peak, or on CPU the resident set
-    sampled every 2 ms from /proc/self/statm (0 where that file does not exist)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.peak = device, 0
-
-    @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * 4096
-        except OSError:
-            return 0
-
-    def _sample(self) -> None:
-        while not self._done.wait(0.002):
-            self.peak = max(self.peak, self._rss() - self.base)
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            self.base, self._done = self._rss(), threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self._done.set()
-            self._thread.join()
-            self.peak = max(self.peak, self._rss() - self.base)
-
-
-def weight_bytes(*modules: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
-
-
 @dataclass
 class Measure:
     """One call: denoising seconds per step, VAE decode seconds, the whole call, peak GiB; final latents."""
@@ -181,7 +138,7 @@ def _settings(a: argparse.Namespace) -> dict:
 def vidiff_row(name: str, label: str, pipe, a, pab: bool = False) -> Row:
     from .request import GenerationRequest
 
-    weights = weight_bytes(pipe.denoiser.module, pipe.vae, pipe.prompt_encoder.text_encoder)
+    weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
 
     def call(steps: int) -> Measure:
         if pab:

@@ -20,6 +20,7 @@ from .errors import InvalidArgument, VidiffError
 from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, check_latents, is_latents_path, load_latents, save_latents
 from .media import fit
+from .memory import PeakMemory, weight_bytes
 from .pipeline import MODES
 from .request import GenerationRequest
 from .train.trainer import STAGES
@@ -293,25 +294,30 @@ def generate(args: argparse.Namespace) -> None:
             save_latents(checkpoint, pipe.snapshot(latents, step), overwrite=True)
 
     # 3. Denoise (checkpointing); an interruption keeps the last checkpoint and says how to resume.
-    try:
-        latents = pipe.generate_latents(request, progress=not args.quiet, callback=on_step, source=source)
-    except KeyboardInterrupt:
-        if checkpoint is not None and checkpoint.exists():
-            print(f"vidiff: interrupted; resume with: vidiff generate --resume {checkpoint} --model {args.model} "
-                  f"-o {output}", file=sys.stderr)  # fmt: skip
-        raise
-    # 4. Save the latents, or decode them in chunks straight into the writer.
-    if is_latents_path(output):
-        save_latents(output, pipe.snapshot(latents), args.overwrite)
-        print(f"wrote {output} (latents {tuple(latents.shape)}, {pipe.snapshot(latents).meta.denoised:.0%} denoised)")
-    else:
-        with FrameWriter(output, args.fps, args.overwrite) as writer:
-            for frames in pipe.decode(latents[0], args.decode_chunk_size):
-                writer.append(frames)
-        print(f"wrote {output} ({writer.count} frames, {request.width}x{request.height}, {args.fps:g} fps)")
+    with PeakMemory(pipe.device) as memory:
+        try:
+            latents = pipe.generate_latents(request, progress=not args.quiet, callback=on_step, source=source)
+        except KeyboardInterrupt:
+            if checkpoint is not None and checkpoint.exists():
+                print(f"vidiff: interrupted; resume with: vidiff generate --resume {checkpoint} "
+                      f"--model {args.model} -o {output}", file=sys.stderr)  # fmt: skip
+            raise
+        # 4. Save the latents, or decode them in chunks straight into the writer.
+        if is_latents_path(output):
+            save_latents(output, pipe.snapshot(latents), args.overwrite)
+            denoised = pipe.snapshot(latents).meta.denoised
+            print(f"wrote {output} (latents {tuple(latents.shape)}, {denoised:.0%} denoised)")
+        else:
+            with FrameWriter(output, args.fps, args.overwrite) as writer:
+                for frames in pipe.decode(latents[0], args.decode_chunk_size):
+                    writer.append(frames)
+            print(f"wrote {output} ({writer.count} frames, {request.width}x{request.height}, {args.fps:g} fps)")
     if checkpoint is not None or (args.resume and Path(args.resume) == resume_file):
         resume_file.unlink(missing_ok=True)  # the run it was keeping is complete
+    weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
     print(f"seed {request.seed} | {pipe.timings.summary()}")
+    print(f"peak memory {(weights + memory.peak) / 2**30:.3f} GiB: weights {weights / 2**30:.3f} + working "
+          f"{memory.peak / 2**30:.3f}")  # fmt: skip
 
 
 def decode(args: argparse.Namespace) -> None:

@@ -20,6 +20,12 @@ class PromptEncoder:
         cond = self(prompts, prompts_2=prompts_2, prompts_3=prompts_3, **options)
         return cond, self(negatives, **options) if negatives is not None else None
 
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        """The text encoders (for memory figures)."""
+        found = [getattr(self, "text_encoder", None), *getattr(self, "encoders", [])]
+        return [m for m in found if m is not None]
+
 
 class ClipPromptEncoder(PromptEncoder):
     """One CLIP text encoder (SD 1.x): last hidden state of the padded 77-token prompt."""

@@ -1,0 +1,51 @@
+"""Memory figures: the bytes of a model's weights, and the peak working memory of a call above its start."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+
+class PeakMemory:
+    """Highest memory in use above the level at entry: the CUDA allocator's peak, or on CPU the resident set
+    sampled every 2 ms from /proc/self/statm (0 where that file does not exist)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak = device, 0
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096
+        except OSError:
+            return 0
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.002):
+            self.peak = max(self.peak, self._rss() - self.base)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base, self._done = self._rss(), threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) - self.base
+        else:
+            self._done.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss() - self.base)
+
+
+def weight_bytes(*modules: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
