@@ -304,9 +304,9 @@ def generate(args: argparse.Namespace) -> None:
             raise
         # 4. Save the latents, or decode them in chunks straight into the writer.
         if is_latents_path(output):
-            save_latents(output, pipe.snapshot(latents), args.overwrite)
-            denoised = pipe.snapshot(latents).meta.denoised
-            print(f"wrote {output} (latents {tuple(latents.shape)}, {denoised:.0%} denoised)")
+            snapshot = pipe.snapshot(latents)
+            save_latents(output, snapshot, args.overwrite)
+            print(f"wrote {output} (latents {tuple(latents.shape)}, {snapshot.meta.denoised:.0%} denoised)")
         else:
             with FrameWriter(output, args.fps, args.overwrite) as writer:
                 for frames in pipe.decode(latents[0], args.decode_chunk_size):

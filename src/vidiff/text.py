@@ -23,8 +23,7 @@ class PromptEncoder:
     @property
     def modules(self) -> list[torch.nn.Module]:
         """The text encoders (for memory figures)."""
-        found = [getattr(self, "text_encoder", None), *getattr(self, "encoders", [])]
-        return [m for m in found if m is not None]
+        return [self.text_encoder]
 
 
 class ClipPromptEncoder(PromptEncoder):
@@ -96,6 +95,10 @@ class SD3PromptEncoder(PromptEncoder):
         return Conditioning(embeds=torch.cat([clip, t5], dim=-2), pooled=torch.cat([l_pooled, g_pooled], dim=-1))
 
     __call__ = torch.no_grad()(encode)
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return [e for e in self.encoders if e is not None]
 
 
 class T5PromptEncoder(PromptEncoder):
