@@ -127,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     tr.add_argument("--family", choices=("sd1", "sd3"), help="architecture of a new demo-sized model (default sd1)")
     tr.add_argument("--keyframe-share", type=float, default=0.0, help="image stage: share of first frames drawn")
-    tr.add_argument("--text-lr-scale", type=float, default=1.0, help="image stage: text encoders' lr factor")
+    tr.add_argument(
+        "--text-lr-scale", type=float, default=1.0, help="image stage: text encoders' lr factor (0 freezes them)"
+    )
 
     ev = sub.add_parser("eval-demo", help="colour / shape / direction accuracy of a model on the demo prompts")
     _add_model_args(ev)
