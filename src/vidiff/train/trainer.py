@@ -63,7 +63,7 @@ class TrainConfig:
     save_dtype: str = "float32"
     restart: bool = False  # ignore an existing checkpoint
     keyframe_share: float = 0.0  # image stages: how often a clip's first frame is drawn (else any frame)
-    text_lr_scale: float = 1.0  # image stages: the text encoders learn this much slower (0: frozen, as SD's CLIP)
+    text_lr_scale: float = 1.0  # image stages: the text encoders learn this much slower (0: frozen)
     family: str | None = None  # a new folder's architecture: "sd1" (default) or "sd3"; else the folder's own
     losses: list[float] = field(default_factory=list)
 
@@ -100,15 +100,18 @@ class Stage:
 
     def param_groups(self, cfg: TrainConfig) -> list[dict]:
         """Optimizer groups with an lr `scale`: text encoders at `cfg.text_lr_scale` (trained from scratch
-        at full rate, they learn to blur what single frames cannot show, such as the motion words); at 0 they
-        are frozen, as Stable Diffusion's CLIP is."""
+        at full rate, they learn to blur what single frames cannot show, such as the motion words)."""
         groups: dict[float, list[nn.Parameter]] = {}
         for name, module in self.modules.items():
             scale = cfg.text_lr_scale if name.startswith("text_encoder") else 1.0
-            if scale == 0:
-                module.requires_grad_(False)
             groups.setdefault(scale, []).extend(p for p in module.parameters() if p.requires_grad)
         return [{"params": ps, "scale": scale} for scale, ps in groups.items() if ps]
+
+    def freeze_text(self) -> None:
+        """Text encoders frozen, as Stable Diffusion's CLIP is: no gradient, no optimizer state."""
+        for name, module in self.modules.items():
+            if name.startswith("text_encoder"):
+                module.requires_grad_(False)
 
     def loss(self, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
         raise NotImplementedError
@@ -390,10 +393,11 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float
     if cfg.family == "sd3":
         stages |= {"image": SD3ImageStage, "motion": SD3MotionStage}
     stage = stages[cfg.stage](cfg, data)
-    groups = stage.param_groups(cfg)  # freezes the text encoders at --text-lr-scale 0
+    if cfg.text_lr_scale == 0:
+        stage.freeze_text()
     params = stage.params()
     lr = cfg.lr or DEFAULT_LR[cfg.stage]
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(stage.param_groups(cfg), lr=lr, weight_decay=0.0)
     start, losses = 0, []
     if cfg.checkpoint.is_file() and not cfg.restart:
         state = torch.load(cfg.checkpoint, weights_only=True)
