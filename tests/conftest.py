@@ -9,8 +9,9 @@ import torch
 from diffusers import MotionAdapter
 from safetensors.torch import save_file
 
+from vidiff import VideoPipeline
 from vidiff.motion import to_original_keys
-from vidiff.tiny import save_tiny_sd1, tiny_motion_adapter
+from vidiff.tiny import save_tiny_latte, save_tiny_sd1, save_tiny_sd3, tiny_motion_adapter
 
 
 class RunsCode:
@@ -35,6 +36,22 @@ def save_original(adapter: MotionAdapter, folder: Path, stem: str) -> dict[str, 
 @pytest.fixture(scope="session")
 def sd1_folder(tmp_path_factory) -> Path:
     return save_tiny_sd1(tmp_path_factory.mktemp("sd1") / "model")
+
+
+@pytest.fixture(scope="session")
+def sd3_folder(tmp_path_factory) -> Path:
+    return save_tiny_sd3(tmp_path_factory.mktemp("sd3") / "model")
+
+
+@pytest.fixture(scope="session")
+def latte_folder(tmp_path_factory) -> Path:
+    return save_tiny_latte(tmp_path_factory.mktemp("latte") / "model", video_length=4)
+
+
+@pytest.fixture(scope="session")
+def motion_pipe(sd1_folder, adapter_folder) -> VideoPipeline:
+    """The tiny SD 1.x model with its motion adapter, float32: what the parity, latents and cache tests run."""
+    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder), dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -13,10 +13,10 @@ def test_bench_rows_and_json(tmp_path, capsys):
     args += ["--width", "32", "--steps", "3", "--rounds", "1", "--json", str(out)]
     assert main(args) == 0
     table = capsys.readouterr().out
-    for label in ("diffusers", "vidiff same dtype", "vidiff default", "vidiff default + PAB", "relative L2"):
+    for label in ("diffusers", "vidiff same dtype", "vidiff default", "vidiff default + fast", "relative L2"):
         assert label in table, label
     rows = json.loads(out.read_text())["rows"]
-    assert [r["row"] for r in rows] == ["diffusers", "same-dtype", "default", "pab"]
+    assert [r["row"] for r in rows] == ["diffusers", "same-dtype", "default", "fast"]
     assert rows[0]["dtype"] == rows[1]["dtype"] == "float32"
     for r in rows:
         (run,) = r["runs"]

@@ -10,9 +10,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from helpers import cli
 from PIL import Image
 
-from vidiff.cli import main
 from vidiff.export import FrameWriter
 
 FAST = ["--frames", "8", "--steps", "2", "--height", "64", "--width", "48", "--seed", "1", "--quiet"]
@@ -24,11 +24,7 @@ def model_args(sd1_folder, original_files):
 
 
 def generate(*args: str) -> int:
-    """The CLI's exit code (argparse errors exit through SystemExit)."""
-    try:
-        return main(["generate", "a red circle moving right", *args])
-    except SystemExit as e:
-        return e.code
+    return cli("generate", "a red circle moving right", *args)
 
 
 def test_gif(tmp_path, model_args):

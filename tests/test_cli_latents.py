@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import cli
 from PIL import Image
 
 from vidiff.cli import main
@@ -31,13 +32,6 @@ FAST = [
     "--dtype",
     "float32",
 ]
-
-
-def cli(*args: str) -> int:
-    try:
-        return main([str(a) for a in args])
-    except SystemExit as e:
-        return e.code
 
 
 @pytest.fixture

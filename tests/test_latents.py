@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import LATENT
 from safetensors.torch import save_file
 
 from vidiff import VideoPipeline
@@ -14,12 +15,12 @@ from vidiff.pipeline import Source
 from vidiff.schedules import DIFFUSION_SCHEDULERS
 
 SPLIT_ATOL = 1e-5  # max abs latent difference, float32, between a split-and-resumed run and an unsplit one
-OPTS = dict(frames=8, height=64, width=64, steps=6, seed=4, progress=False, output_type="latent")
+OPTS = LATENT | dict(frames=8, steps=6, seed=4)
 
 
 @pytest.fixture(scope="module")
-def pipe(sd1_folder, adapter_folder) -> VideoPipeline:
-    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder), dtype="float32")
+def pipe(motion_pipe) -> VideoPipeline:
+    return motion_pipe
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".pth"])

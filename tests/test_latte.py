@@ -8,14 +8,9 @@ from diffusers import LattePipeline
 
 from vidiff import VideoPipeline
 from vidiff.accel.pab import attention_kinds
-from vidiff.tiny import save_tiny_latte
+from vidiff.specs import SPECS
 
 ATOL = 1e-4  # max abs latent difference vs diffusers, float32
-
-
-@pytest.fixture(scope="module")
-def latte_folder(tmp_path_factory):
-    return save_tiny_latte(tmp_path_factory.mktemp("latte") / "model", video_length=4)
 
 
 @pytest.mark.parametrize(("temporal", "guidance"), [(True, 1.0), (True, 7.5), (False, 7.5)])
@@ -40,7 +35,7 @@ def test_frames_limited_by_the_temporal_table_and_pab_kinds(latte_folder):
     pipe = VideoPipeline.from_pretrained(str(latte_folder), dtype="float32")
     with pytest.raises(InvalidArgument, match="makes exactly 4 frames"):
         pipe("x", frames=6, progress=False)
-    kinds = attention_kinds("latte", pipe.denoiser.attention_modules())
+    kinds = attention_kinds(SPECS["latte"].attention_rules, pipe.denoiser.attention_modules())
     assert {k for n, k in kinds.items() if n.startswith("temporal_transformer_blocks")} == {"temporal"}
     assert {k for n, k in kinds.items() if n.startswith("transformer_blocks")} == {"spatial", "cross"}
     pab = pipe.enable_pab()

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import LATENT
 
 from vidiff import VideoPipeline
+from vidiff.accel.deep_cache import DeepCacheConfig, inner_blocks
 from vidiff.accel.pab import PABConfig, attention_kinds
+from vidiff.specs import SPECS
 from vidiff.tiny import save_tiny_sd3
 
-OPTS = dict(frames=4, height=64, width=64, steps=10, seed=1, progress=False, output_type="latent")
+OPTS = LATENT | dict(frames=4, steps=10, seed=1)
 
 
 @pytest.fixture(scope="module")
-def motion(sd1_folder, adapter_folder) -> VideoPipeline:
-    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder), dtype="float32")
+def motion(motion_pipe) -> VideoPipeline:
+    yield motion_pipe
+    motion_pipe.disable_pab()
+    motion_pipe.disable_deep_cache()
 
 
 def test_motion_unet_attention_is_told_apart(motion):
-    kinds = attention_kinds("sd1", motion.denoiser.attention_modules())
+    kinds = attention_kinds(SPECS["sd1"].attention_rules, motion.denoiser.attention_modules())
     temporal = [n for n, k in kinds.items() if k == "temporal"]
     assert temporal and all("motion_modules" in n for n in temporal)
     assert all(n.endswith("attn1") for n, k in kinds.items() if k == "spatial")
@@ -36,8 +41,8 @@ def test_off_on_off_and_counts(motion):
     off = motion("a cat", **OPTS).latents
     pab = motion.enable_pab(PABConfig(spatial_skip=2, temporal_skip=3, cross_skip=4))
     on = motion("a cat", **OPTS).latents
-    kinds = attention_kinds("sd1", motion.denoiser.attention_modules())
-    timesteps = motion._run.timesteps.tolist()
+    kinds = attention_kinds(SPECS["sd1"].attention_rules, motion.denoiser.attention_modules())
+    timesteps = motion.run.timesteps.tolist()
     for kind, skip in (("spatial", 2), ("temporal", 3), ("cross", 4)):
         n = sum(1 for k in kinds.values() if k == kind)
         computed, reused = expected(timesteps, skip)
@@ -64,16 +69,16 @@ def test_the_seed_spelling_and_hooks_removed(motion):
 def test_deep_cache_reuses_inner_unet_blocks(motion):
     """DeepCache: every block but the outermost down/up ones is recomputed every 3rd step; the edges always run."""
     off = motion("a cat", **OPTS).latents
-    deep = motion.denoiser.deep_modules()
+    deep = inner_blocks(motion.denoiser.module)
     unet = motion.denoiser.module
     assert "down_blocks.0" not in deep and f"up_blocks.{len(unet.up_blocks) - 1}" not in deep
     assert "mid_block" in deep and len(deep) == len(unet.down_blocks) + len(unet.up_blocks) - 1
-    assert PABConfig.for_backbone(motion.denoiser).deep_skip == 3
-    pab = motion.enable_pab(PABConfig(spatial_skip=None, temporal_skip=None, cross_skip=None, deep_skip=3))
+    assert DeepCacheConfig().skip == 3 and motion.spec.fast == ("pab", "deep_cache")
+    pab = motion.enable_deep_cache(DeepCacheConfig(skip=3))
     on = motion("a cat", **OPTS).latents
-    computed, reused = expected(motion._run.timesteps.tolist(), 3, (0, 1000))
+    computed, reused = expected(motion.run.timesteps.tolist(), 3, (0, 1000))
     assert (pab.state.computed["deep"], pab.state.reused["deep"]) == (len(deep) * computed, len(deep) * reused)
-    motion.disable_pab()
+    motion.disable_deep_cache()
     assert torch.equal(motion("a cat", **OPTS).latents, off)
     assert 0 < (on - off).norm() / off.norm() < 0.5
 
@@ -91,15 +96,18 @@ def test_frame_batches_reuse_their_own_outputs(sd1_folder):
 
 
 def test_sd3_with_temporal_layers(tmp_path):
+    from vidiff.errors import InvalidArgument
     from vidiff.motion.sd3_temporal import SD3TemporalLayers
 
     folder = save_tiny_sd3(tmp_path / "sd3", t5=False)
     seq = VideoPipeline.from_pretrained(str(folder), dtype="float32")
     SD3TemporalLayers.for_transformer(seq.denoiser.image.transformer).save(tmp_path / "t.safetensors")
     pipe = VideoPipeline.from_pretrained(str(folder), motion_module=str(tmp_path / "t.safetensors"), dtype="float32")
-    kinds = attention_kinds("sd3", pipe.denoiser.attention_modules())
+    kinds = attention_kinds(SPECS["sd3"].attention_rules, pipe.denoiser.attention_modules())
     assert sorted(n for n, k in kinds.items() if k == "temporal") == ["temporal.layers.0", "temporal.layers.1"]
-    assert PABConfig.for_backbone(pipe.denoiser).deep_skip is None  # a transformer has no UNet blocks
+    assert not inner_blocks(pipe.denoiser.module) and pipe.spec.fast == ("pab",)  # a transformer has no UNet blocks
+    with pytest.raises(InvalidArgument, match="--deep-cache: this backbone has no UNet blocks"):
+        pipe.enable_deep_cache()
     pab = pipe.enable_pab()
     pipe("a cat", **{**OPTS, "frames": 3})
     assert pab.state.reused["temporal"] > 0 and pab.state.reused["spatial"] > 0

@@ -16,8 +16,8 @@ SETTINGS = dict(frames=8, height=64, width=64, steps=4)
 
 
 @pytest.fixture(scope="module")
-def ours(sd1_folder, adapter_folder) -> VideoPipeline:
-    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder), dtype="float32")
+def ours(motion_pipe) -> VideoPipeline:
+    return motion_pipe
 
 
 @pytest.fixture(scope="module")

@@ -2,26 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
+from helpers import LATENT
 
 from vidiff import VideoPipeline
 from vidiff.adapters.base import Conditioning
 from vidiff.adapters.sd3_temporal import SD3Denoiser
 from vidiff.errors import InvalidArgument, LoadError
 from vidiff.motion.sd3_temporal import SD3TemporalLayers
-from vidiff.tiny import save_tiny_sd3
 
 ATOL = 1e-4  # max abs latent difference vs diffusers, float32
-OPTS = dict(frames=3, height=64, width=64, steps=4, seed=6, progress=False, output_type="latent")
-
-
-@pytest.fixture(scope="module")
-def sd3_folder(tmp_path_factory) -> Path:
-    return save_tiny_sd3(tmp_path_factory.mktemp("sd3") / "model")
+OPTS = LATENT | dict(frames=3, steps=4, seed=6)
 
 
 @pytest.fixture(scope="module")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from helpers import LATENT
 
 from vidiff import VideoPipeline
 from vidiff.errors import InvalidArgument
 
-OPTS = dict(frames=4, height=64, width=64, steps=4, seed=9, progress=False, output_type="latent")
+OPTS = LATENT | dict(frames=4, steps=4, seed=9)
 ATOL = 1e-4
 
 

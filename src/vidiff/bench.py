@@ -26,7 +26,7 @@ import torch
 from .memory import PeakMemory, weight_bytes
 
 PROMPT = "a red circle moving right"
-ROWS = ("diffusers", "same-dtype", "default", "pab")
+ROWS = ("diffusers", "same-dtype", "default", "fast")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,8 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def sd15_folder(folder: Path) -> Path:
     """SD 1.5-shaped components with random weights (UNet 320/640/1280/1280, v1-5-2 motion adapter)."""
     from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
+    from .layout import MOTION_ADAPTER, clip_text_config, write_model_index
     from .tiny import byte_level_clip_tokenizer, save_tiny_sd1
 
     if (folder / "model_index.json").is_file():
@@ -74,21 +75,10 @@ def sd15_folder(folder: Path) -> Path:
         sample_size=512,
     ).save_pretrained(tmp / "vae")
     vocab = len(byte_level_clip_tokenizer(tmp / "tokenizer"))
-    text = CLIPTextConfig(
-        vocab_size=vocab,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        bos_token_id=vocab - 2,
-        eos_token_id=vocab - 1,
-        pad_token_id=vocab - 1,
+    CLIPTextModel(clip_text_config(vocab, 768, layers=12, heads=12, intermediate=3072)).save_pretrained(
+        tmp / "text_encoder"
     )
-    CLIPTextModel(text).save_pretrained(tmp / "text_encoder")
-    index = json.loads((tmp / "model_index.json").read_text())
-    index["motion_adapter"] = ["diffusers", "MotionAdapter"]
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(tmp, **MOTION_ADAPTER)
     tmp.rename(folder)
     return folder
 
@@ -135,14 +125,14 @@ def _settings(a: argparse.Namespace) -> dict:
     return dict(frames=a.frames, height=a.height, width=a.width, guidance_scale=a.guidance_scale, seed=0)
 
 
-def vidiff_row(name: str, label: str, pipe, a, pab: bool = False) -> Row:
+def vidiff_row(name: str, label: str, pipe, a, fast: bool = False) -> Row:
     from .request import GenerationRequest
 
     weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
 
     def call(steps: int) -> Measure:
-        if pab:
-            pipe.enable_pab()
+        if fast:
+            pipe.enable_fast()
         with PeakMemory(pipe.device) as mem:
             start = time.perf_counter()
             request = pipe.resolve(GenerationRequest(PROMPT, steps=steps, **_settings(a)))
@@ -151,6 +141,7 @@ def vidiff_row(name: str, label: str, pipe, a, pab: bool = False) -> Row:
                 pass
             total = time.perf_counter() - start
         pipe.disable_pab()
+        pipe.disable_deep_cache()
         t = pipe.timings
         return Measure(t.per_step, t.decode, total, (weights + mem.peak) / 2**30, latents.float().cpu())
 
@@ -240,7 +231,7 @@ def run(a: argparse.Namespace) -> list[Row]:
         "diffusers": lambda: diffusers_row(folder, motion, a.baseline_dtype, a),
         "same-dtype": lambda: vidiff_row("same-dtype", "vidiff same dtype", vidiff(a.baseline_dtype), a),
         "default": lambda: vidiff_row("default", "vidiff default", vidiff("auto"), a),
-        "pab": lambda: vidiff_row("pab", "vidiff default + PAB", vidiff("auto"), a, pab=True),
+        "fast": lambda: vidiff_row("fast", "vidiff default + fast", vidiff("auto"), a, fast=True),
     }
     rows = [makers[name]() for name in ROWS if name in wanted]
     # 3. Warm up (one step each), then take turns.
@@ -276,9 +267,9 @@ def report(rows: list[Row], a: argparse.Namespace, default: str) -> None:
         if base:
             line += f" {r.median('step_s') / base.median('step_s'):17.2f}x"
         print(line)
-    if "default" in by and "pab" in by:
-        on, off = by["pab"].runs[-1].latents, by["default"].runs[-1].latents
+    if "default" in by and "fast" in by:
+        on, off = by["fast"].runs[-1].latents, by["default"].runs[-1].latents
         print(
-            f"PAB: {by['default'].median('step_s') / by['pab'].median('step_s'):.2f}x faster per step than vidiff "
-            f"default; relative L2 of final latents vs PAB off: {((on - off).norm() / off.norm()).item():.4f}"
+            f"--fast: {by['default'].median('step_s') / by['fast'].median('step_s'):.2f}x faster per step than "
+            f"vidiff default; relative L2 of final latents vs --fast off: {((on - off).norm() / off.norm()).item():.4f}"
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,11 +19,13 @@ StepCallback = Callable[[int, Tensor, Tensor], None]  # (steps done in the full 
 
 
 class Cache(Protocol):
-    """An accelerator with state across steps (Pyramid Attention Broadcast): reset per run, told each timestep."""
+    """An accelerator with state across steps (PAB, DeepCache): reset per run, told each timestep, removable."""
 
     def reset(self) -> None: ...
 
     def step(self, timestep: float) -> None: ...
+
+    def remove(self) -> None: ...
 
 
 @dataclass
@@ -60,16 +62,16 @@ def denoise(
     begin: int = 0,
     stop: int | None = None,
     inpaint: Inpaint | None = None,
-    cache: Cache | None = None,
+    caches: Sequence[Cache] = (),
 ) -> Tensor:
     """Walk timesteps[begin:stop], stepping latents (B, C, F, h, w); with `uncond`, one batched CFG pass per step."""
     both = Conditioning.cat([uncond, cond]) if uncond is not None else cond  # (2B, ...) or (B, ...)
     stop = len(timesteps) if stop is None else stop
-    if cache is not None:
+    for cache in caches:
         cache.reset()  # no state crosses generations
     for i in tqdm(range(begin, stop), desc="denoising", unit="step", disable=not progress):
         t = timesteps[i]
-        if cache is not None:
+        for cache in caches:
             cache.step(t.item())
         model_in = torch.cat([latents, latents]) if uncond is not None else latents  # (2B | B, C, F, h, w)
         model_in = scale_model_input(scheduler, model_in, t)

@@ -20,3 +20,11 @@ class LoadError(VidiffError):
 
 class OutputExists(VidiffError):
     """The output path exists and `--overwrite` was not given."""
+
+
+class RenderInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a render: `checkpoint` (or None) resumes it, `job` is what was running."""
+
+    def __init__(self, checkpoint, job) -> None:
+        super().__init__("interrupted")
+        self.checkpoint, self.job = checkpoint, job

@@ -11,8 +11,6 @@ with one of the keys `latent`, `latents`, `sample`, `samples`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .errors import InvalidArgument, LoadError, OutputExists
-from .export import publish
+from .atomic import atomic_file
+from .errors import InvalidArgument, LoadError
 from .tensor_files import read_tensors
 
 LATENT_SUFFIXES = (".pt", ".pth", ".safetensors")
@@ -47,7 +45,8 @@ class LatentsMeta:
     prompt: str | None = None
     steps: int | None = None
     step: int | None = None  # index into the timestep list where the run stopped
-    request: dict | None = None  # the whole GenerationRequest, for --resume
+    request: dict | None = None  # the whole GenerationRequest
+    job: dict | None = None  # the whole RenderJob (resume checkpoints), for --resume
 
 
 @dataclass
@@ -60,21 +59,6 @@ class LatentsFile:
 
 def is_latents_path(path: str) -> bool:
     return Path(path).suffix.lower() in LATENT_SUFFIXES
-
-
-def _atomic_write(path: Path, overwrite: bool, write) -> None:
-    if path.exists() and not overwrite:
-        raise OutputExists("--output", f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise InvalidArgument("--output", f"folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _state_to_tensors(state: dict) -> tuple[dict[str, Tensor], dict]:
@@ -117,7 +101,8 @@ def save_latents(path: str | Path, item: LatentsFile, overwrite: bool = False) -
         raise InvalidArgument("--output", f"latents go to {', '.join(LATENT_SUFFIXES)}, not {path.name}")
     latents = item.latents.detach().to("cpu").contiguous()
     if suffix != ".safetensors":
-        _atomic_write(path, overwrite, lambda tmp: torch.save(latents, tmp))
+        with atomic_file(path, overwrite) as tmp:
+            torch.save(latents, tmp)
         return path
     tensors = {"latents": latents}
     header = {"format": FORMAT, "meta": json.dumps(asdict(item.meta))}
@@ -127,7 +112,8 @@ def save_latents(path: str | Path, item: LatentsFile, overwrite: bool = False) -
         header["scheduler_state"] = json.dumps(described)
     if item.generator_state is not None:
         tensors["generator_state"] = item.generator_state
-    _atomic_write(path, overwrite, lambda tmp: save_file(tensors, tmp, metadata=header))
+    with atomic_file(path, overwrite) as tmp:
+        save_file(tensors, tmp, metadata=header)
     return path
 
 

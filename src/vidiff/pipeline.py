@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
-from .accel.pab import PAB, PABConfig, apply_pab, remove_pab
-from .adapters.base import VideoDenoiser
-from .adapters.image_sequential import DEFAULT_FRAME_NOISE, ImageSequentialDenoiser
-from .adapters.latte import LatteDenoiser
-from .adapters.sd3_temporal import SD3Denoiser
-from .adapters.unet_image import UNetFramesDenoiser
-from .adapters.unet_motion import UNetMotionDenoiser
-from .codec import decode_frames, encode_frames
-from .denoise import Inpaint, StepCallback, denoise, step_kwargs
+from .accel.deep_cache import DeepCacheConfig, apply_deep_cache
+from .accel.pab import PABConfig, apply_pab
+from .adapters.base import Loaded, LoadOptions
+from .adapters.image_sequential import DEFAULT_FRAME_NOISE
+from .codec import LatentCodec
+from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
+from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, LatentsMeta
-from .loading import load_latte, load_sd1, load_sd3, model_family, resolve_device, resolve_dtype, resolve_model_folder
-from .motion.sd3_temporal import SD3TemporalLayers
+from .loading import resolve_device, resolve_dtype, resolve_model_folder
 from .request import GenerationRequest
 from .schedules import (
     add_noise,
@@ -36,10 +32,12 @@ from .schedules import (
     scheduler_state,
     timesteps_for,
 )
-from .text import ClipPromptEncoder, PromptEncoder, SD3PromptEncoder, T5PromptEncoder
+from .sources import Source, resolve_source
+from .specs import BackboneSpec, detect
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 MODES = ("motion", "sequential")  # all frames denoised together through motion modules | frame by frame
+ACCELERATORS = ("pab", "deep_cache")  # in the order they are applied
 
 
 @dataclass
@@ -69,23 +67,15 @@ class Timings:
 
 
 @dataclass
-class Source:
-    """Where denoising starts besides noise: an img2img / inpaint source, a mask, saved noisy latents."""
-
-    frames: np.ndarray | None = None  # (F, H, W, 3) uint8 at the request's size
-    mask: np.ndarray | None = None  # (F, H, W) in [0, 1]: 1 = repaint, 0 = keep the source
-    latents: LatentsFile | None = None  # continue from these (cooperative denoising, resume)
-
-
-@dataclass
-class _Run:
-    """The last generation's schedule, for snapshots."""
+class Run:
+    """The last generation: its schedule (for snapshots) and its timings."""
 
     request: GenerationRequest
     scheduler: SchedulerMixin
     generator: torch.Generator
     timesteps: Tensor
     stop: int
+    timings: Timings
 
 
 @dataclass
@@ -101,23 +91,17 @@ class VideoOutput:
 class VideoPipeline:
     """Text-to-video over any backbone adapter. Build with `from_pretrained`, call like diffusers' pipelines."""
 
-    def __init__(
-        self,
-        prompt_encoder: PromptEncoder,
-        denoiser: VideoDenoiser,
-        vae: AutoencoderKL,
-        scheduler_config: dict,
-        sample_size: int,
-        load_seconds: float = 0.0,
-    ) -> None:
-        self.prompt_encoder = prompt_encoder
-        self.denoiser = denoiser
-        self.vae = vae
-        self.scheduler_config = scheduler_config
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.default_size = sample_size * self.vae_scale_factor  # pixels: the backbone's native latent size
-        self.timings = Timings(load=load_seconds)
-        self.pab: PAB | None = None
+    def __init__(self, spec: BackboneSpec, loaded: Loaded) -> None:
+        self.spec = spec
+        self.prompt_encoder = loaded.prompt_encoder
+        self.denoiser = loaded.denoiser
+        self.vae = loaded.vae
+        self.scheduler_config = loaded.scheduler_config
+        self.codec = LatentCodec(loaded.vae, spec.latent_space, spec.frames_per_latent)
+        self.default_size = loaded.sample_size * self.codec.spatial  # pixels: the backbone's native latent size
+        self.load_seconds = loaded.seconds
+        self.accelerators: dict[str, Cache] = {}  # name -> applied accelerator, reset and stepped by the loop
+        self.run: Run | None = None  # the last generation
 
     @classmethod
     def from_pretrained(
@@ -131,71 +115,30 @@ class VideoPipeline:
         frame_batch: int | None = None,
         use_t5: bool = True,
     ) -> VideoPipeline:
-        """An SD 1.x folder or hub id plus an AnimateDiff motion module (folder or original single file), or an
-        SD 3 / 3.5 folder plus vidiff temporal layers (`motion_module`, a .safetensors; T5 optional).
+        """Any registered backbone's folder (`specs.py`), hub id, `demo` or `tiny-random`, with its temporal
+        weights: an AnimateDiff motion module (folder or original single file) for SD 1.x, vidiff temporal
+        layers (a .safetensors) for SD 3 / 3.5 (T5 optional with `use_t5`).
 
         `dtype="auto"` is bfloat16 on CPUs with native bf16 and on GPUs, float32 elsewhere (`default_dtype`).
-        `mode="sequential"` uses the image UNet alone: frames from shared noise plus `frame_noise`, denoised
-        independently, `frame_batch` frames per UNet call (default: all).
+        `mode="sequential"` uses the image backbone alone: frames from shared noise plus `frame_noise`, denoised
+        independently, `frame_batch` frames per call (default: all).
         """
         if mode not in MODES:
             raise InvalidArgument("--mode", f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         if frame_batch is not None and frame_batch < 1:
             raise InvalidArgument("--frame-batch", f"must be >= 1, got {frame_batch}")
         torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        options = LoadOptions(
+            resolve_dtype(dtype, torch_device), torch_device, motion_module, mode, frame_noise, frame_batch, use_t5
+        )
         folder = resolve_model_folder(model)
-        if model_family(folder) == "latte":
-            return cls._latte(folder, torch_dtype, torch_device, temporal_attention=mode == "motion")
-        if model_family(folder) == "sd3":
-            return cls._sd3(folder, motion_module, torch_dtype, torch_device, mode, frame_noise, frame_batch, use_t5)
-        parts = load_sd1(str(folder), motion_module, torch_dtype, torch_device, motion=mode == "motion")
-        if mode == "motion":
-            denoiser: VideoDenoiser = UNetMotionDenoiser(parts.unet)
-        else:
-            denoiser = ImageSequentialDenoiser(UNetFramesDenoiser(parts.unet), frame_noise, frame_batch)
-        if torch_device.type == "cpu" and torch_dtype == torch.bfloat16:
-            parts.unet.to(memory_format=torch.channels_last)  # bf16 convolutions on CPU: 4-5% faster per step
-        return cls(
-            ClipPromptEncoder(parts.tokenizer, parts.text_encoder),
-            denoiser,
-            parts.vae,
-            parts.scheduler_config,
-            sample_size=parts.unet.config.sample_size,
-            load_seconds=parts.seconds,
-        )
+        spec = detect(folder)
+        return cls(spec, spec.build(folder, options))
 
-    @classmethod
-    def _latte(cls, folder, dtype, device, temporal_attention: bool) -> VideoPipeline:
-        """Latte: a video DiT; `mode="sequential"` turns its temporal attention off (enable_temporal_attentions)."""
-        parts = load_latte(folder, dtype, device)
-        return cls(
-            T5PromptEncoder(parts.tokenizer, parts.text_encoder),
-            LatteDenoiser(parts.transformer, temporal_attention),
-            parts.vae,
-            parts.scheduler_config,
-            sample_size=parts.transformer.config.sample_size,
-            load_seconds=parts.seconds,
-        )
-
-    @classmethod
-    def _sd3(cls, folder, temporal_path, dtype, device, mode, frame_noise, frame_batch, use_t5) -> VideoPipeline:
-        """SD 3 / 3.5: with temporal layers all frames are denoised together; without, frame by frame."""
-        parts = load_sd3(folder, dtype, device, use_t5)
-        temporal = SD3TemporalLayers.load(temporal_path) if temporal_path else None
-        if temporal is not None and mode == "motion":
-            denoiser: VideoDenoiser = SD3Denoiser(parts.transformer, temporal)
-        else:
-            denoiser = ImageSequentialDenoiser(SD3Denoiser(parts.transformer), frame_noise, frame_batch)
-        encoder = SD3PromptEncoder(parts.tokenizers, parts.text_encoders, parts.transformer.config.joint_attention_dim)
-        return cls(
-            encoder,
-            denoiser,
-            parts.vae,
-            parts.scheduler_config,
-            sample_size=parts.transformer.config.sample_size,
-            load_seconds=parts.seconds,
-        )
+    @property
+    def timings(self) -> Timings:
+        """The last generation's timings (only the load time before the first)."""
+        return self.run.timings if self.run is not None else Timings(load=self.load_seconds)
 
     @property
     def device(self) -> torch.device:
@@ -203,8 +146,20 @@ class VideoPipeline:
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Validate a request against this model and fill in its size and seed."""
-        self.denoiser.check_frames(request.frames)
-        return request.resolved(self.default_size, self.denoiser.family)
+        request = request.resolved(self.default_size, self.spec)
+        self.denoiser.check_frames(self.codec.latent_frames(request.frames))
+        return request
+
+    def resolve_source(
+        self,
+        request: GenerationRequest,
+        image_seeds: str | ImageSeed | None = None,
+        resume: LatentsFile | None = None,
+        decode_chunk_size: int = 8,
+    ) -> tuple[Source, GenerationRequest]:
+        """The Source an `--image-seeds` spec (and a resumed checkpoint) names, read and checked against this
+        model, and the request resolved (frames and size from latents files when the request left them open)."""
+        return resolve_source(self.codec, self.resolve, request, image_seeds, resume, decode_chunk_size)
 
     @torch.inference_mode()
     def generate_latents(
@@ -217,6 +172,7 @@ class VideoPipeline:
         """Denoised (or, with denoising_end, partly denoised) latents (B, C, F, h, w), before the VAE."""
         assert request.seed is not None and request.height is not None, "resolve() the request first"
         source = source or Source()
+        timings = Timings(load=self.load_seconds)
         # 1. Encode the prompt (and the negative prompt for classifier-free guidance).
         start = time.perf_counter()
         n = request.num_videos
@@ -227,16 +183,15 @@ class VideoPipeline:
             prompts_3=[request.prompt_3] * n if request.prompt_3 is not None else None,
             max_sequence_length=request.max_sequence_length,
         )
-        self.timings.encode = time.perf_counter() - start
+        timings.encode = time.perf_counter() - start
         # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
         scheduler = make_scheduler(request.scheduler, self.scheduler_config, request.beta_schedule)
-        h, w = self.latent_size(request)
-        timesteps = timesteps_for(scheduler, request.steps, self.device, tokens=h * w // 4)
+        shape = self.codec.latent_shape(request.num_videos, request.frames, request.height, request.width)
+        timesteps = timesteps_for(scheduler, request.steps, self.device, tokens=shape[-2] * shape[-1] // 4)
         train_steps = scheduler.config.num_train_timesteps
         begin, stop = schedule_slice(timesteps, train_steps, request.denoising_start, request.denoising_end)
         # 3. Noise from a CPU generator (same seed, same video on every device), drawn whatever the start.
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        shape = (request.num_videos, self.denoiser.latent_channels, request.frames, *self.latent_size(request))
         noise = self.denoiser.initial_noise(shape, generator, self.device, self.denoiser.dtype)  # (B, C, F, h, w)
         # 4. Starting latents: resumed from a file, an img2img source re-noised, or pure noise.
         source_latents = self.encode(source.frames) if source.frames is not None else None  # (1, C, F, h, w)
@@ -256,9 +211,10 @@ class VideoPipeline:
         if source.mask is not None:
             if source_latents is None:
                 raise InvalidArgument("--image-seeds", "a mask needs an image or video to inpaint")
-            inpaint = Inpaint(source_latents, self._latent_mask(source.mask, shape), noise)
+            mask = self.codec.latent_mask(source.mask).to(self.device, self.denoiser.dtype)  # (1, 1, F', h, w)
+            inpaint = Inpaint(source_latents, mask, noise)
         # 5. The loop.
-        self._run = _Run(request, scheduler, generator, timesteps, stop)
+        self.run = Run(request, scheduler, generator, timesteps, stop, timings)
         start = time.perf_counter()
         latents = denoise(
             self.denoiser,
@@ -274,12 +230,11 @@ class VideoPipeline:
             begin=begin,
             stop=stop,
             inpaint=inpaint,
-            cache=self.pab,
+            caches=list(self.accelerators.values()),
         )
-        self.timings.denoise = time.perf_counter() - start
-        self.timings.steps = max(stop - begin, 0)
-        self.timings.decode = 0.0
-        self.timings.frames = request.frames * request.num_videos
+        timings.denoise = time.perf_counter() - start
+        timings.steps = max(stop - begin, 0)
+        timings.frames = request.frames * request.num_videos
         return latents
 
     def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
@@ -294,16 +249,36 @@ class VideoPipeline:
             )
         self.denoiser.module.compile(backend=backend, mode=mode)
 
-    def enable_pab(self, config: PABConfig | None = None) -> PAB:
-        """Pyramid Attention Broadcast on this pipeline's backbone (replacing any earlier configuration)."""
-        self.disable_pab()
-        self.pab = apply_pab(self.denoiser, config)
-        return self.pab
+    def enable_pab(self, config: PABConfig | None = None):
+        """Pyramid Attention Broadcast on this backbone's attention (replacing any earlier configuration)."""
+        self._disable("pab")
+        return self._enable("pab", apply_pab(self.denoiser, self.spec.attention_rules, config))
 
     def disable_pab(self) -> None:
-        if self.pab is not None:
-            remove_pab(self.pab)
-            self.pab = None
+        self._disable("pab")
+
+    def enable_deep_cache(self, config: DeepCacheConfig | None = None):
+        """DeepCache on a UNet's inner blocks (replacing any earlier configuration); other backbones refuse it."""
+        self._disable("deep_cache")
+        return self._enable("deep_cache", apply_deep_cache(self.denoiser, config))
+
+    def disable_deep_cache(self) -> None:
+        self._disable("deep_cache")
+
+    def enable_fast(self) -> list[Cache]:
+        """The backbone's `--fast` preset: its best measured combination of accelerators (spec.fast)."""
+        enable = {"pab": self.enable_pab, "deep_cache": self.enable_deep_cache}
+        return [enable[name]() for name in self.spec.fast]
+
+    def _enable(self, name: str, accelerator: Cache) -> Cache:
+        self.accelerators[name] = accelerator
+        self.accelerators = {n: self.accelerators[n] for n in ACCELERATORS if n in self.accelerators}
+        return accelerator
+
+    def _disable(self, name: str) -> None:
+        accelerator = self.accelerators.pop(name, None)
+        if accelerator is not None:
+            accelerator.remove()
 
     def enable_pyramid_attention_broadcast(
         self,
@@ -313,7 +288,7 @@ class VideoPipeline:
         spatial_attn_timestep_range=(100, 800),
         temporal_attn_timestep_range=(100, 800),
         cross_attn_timestep_range=(100, 800),
-    ) -> PAB:
+    ):
         """The seeds' spelling of `enable_pab`."""
         return self.enable_pab(
             PABConfig(
@@ -326,14 +301,11 @@ class VideoPipeline:
             )
         )
 
-    def latent_size(self, request: GenerationRequest) -> tuple[int, int]:
-        return request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
-
     def _resume(self, item: LatentsFile, request, scheduler, generator, timesteps, begin) -> tuple[Tensor, int, bool]:
         """Continue from saved latents: exactly (scheduler and generator state) when the file was saved by the
         same scheduler and step count, else from the fraction (`--denoising-start`, or the file's own)."""
         meta = item.meta
-        expected = (request.num_videos, self.denoiser.latent_channels, request.frames, *self.latent_size(request))
+        expected = self.codec.latent_shape(request.num_videos, request.frames, request.height, request.width)
         if tuple(item.latents.shape) != expected:
             raise InvalidArgument("--image-seeds", f"latents of shape {tuple(item.latents.shape)}, expected {expected}")
         latents = item.latents.to(self.device, self.denoiser.dtype)
@@ -354,26 +326,22 @@ class VideoPipeline:
             begin = schedule_slice(timesteps, scheduler.config.num_train_timesteps, meta.denoised, None)[0]
         return latents, begin, False
 
-    def _latent_mask(self, mask: np.ndarray, shape: tuple[int, ...]) -> Tensor:
-        """(F, H, W) floats, 1 = repaint -> (1, 1, F, h, w) binary at latent resolution."""
-        m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[:, None]  # (F, 1, H, W)
-        m = torch.nn.functional.interpolate(m, size=shape[-2:], mode="area")  # (F, 1, h, w)
-        return (m > 0.5).to(self.device, self.denoiser.dtype).transpose(0, 1)[None]  # (1, 1, F, h, w)
-
     def encode(self, frames: np.ndarray, chunk_size: int = 8) -> Tensor:
         """Frames (F, H, W, 3) uint8 -> scaled latents (1, C, F, h, w)."""
-        return encode_frames(self.vae, frames, chunk_size)[None].to(self.denoiser.dtype)
+        return self.codec.encode(frames, chunk_size)[None].to(self.denoiser.dtype)
 
     def snapshot(self, latents: Tensor, step: int | None = None) -> LatentsFile:
         """Latents of the last run at `step` (default: where it stopped), with what a resume needs."""
-        run = self._run
+        run = self.run
+        if run is None:
+            raise InvalidArgument("snapshot", "no generation has run yet: call the pipeline or generate_latents first")
         step = run.stop if step is None else step
         request = run.request
         done = request.denoising_end if step == run.stop and request.denoising_end is not None else None
         meta = LatentsMeta(
-            family=self.denoiser.family,
-            latent_channels=self.denoiser.latent_channels,
-            scaling_factor=self.vae.config.scaling_factor,
+            family=self.codec.space,
+            latent_channels=self.codec.channels,
+            scaling_factor=self.codec.scaling,
             shift_factor=self.vae.config.get("shift_factor"),
             scheduler=scheduler_name(run.scheduler),
             denoised=done if done is not None else step / len(run.timesteps),
@@ -396,13 +364,12 @@ class VideoPipeline:
 
     def decode(self, latents: Tensor, chunk_size: int = 8) -> Iterator[np.ndarray]:
         """Decode one video's latents (C, F, h, w) in frame chunks, yielding (n, H, W, 3) uint8 arrays."""
-        if chunk_size < 1:
-            raise InvalidArgument("--decode-chunk-size", f"must be >= 1, got {chunk_size}")
-        chunks = decode_frames(self.vae, latents, chunk_size)
+        chunks = self.codec.decode(latents, chunk_size)
+        timings = self.timings  # the last run's: decoding is part of it
         while True:
             start = time.perf_counter()
             frames = next(chunks, None)
-            self.timings.decode += time.perf_counter() - start
+            timings.decode += time.perf_counter() - start
             if frames is None:
                 return
             yield frames
@@ -423,10 +390,10 @@ class VideoPipeline:
         request = self.resolve(GenerationRequest(prompt=prompt, **options))
         latents = self.generate_latents(request, progress=progress, callback=callback, source=source)
         if output_type == "latent":
-            return VideoOutput(None, latents, request, replace(self.timings))
+            return VideoOutput(None, latents, request, self.timings)
         videos = [np.concatenate(list(self.decode(video, decode_chunk_size))) for video in latents]
         if output_type == "pil":
             from PIL import Image
 
             videos = [[Image.fromarray(frame) for frame in video] for video in videos]
-        return VideoOutput(videos, latents, request, replace(self.timings))
+        return VideoOutput(videos, latents, request, self.timings)

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
-from .schedules import BETA_SCHEDULES, DEFAULT_SCHEDULER, FLOW_SCHEDULERS, SCHEDULERS, scheduler_class
+from .schedules import BETA_SCHEDULES, FLOW_SCHEDULERS, SCHEDULERS, scheduler_class
+
+if TYPE_CHECKING:
+    from .specs import BackboneSpec
 
 FLOW_CLASSES = tuple(SCHEDULERS[name] for name in FLOW_SCHEDULERS)
 
+DEFAULT_FRAMES = 16
 SIZE_MULTIPLE = 8  # pixels per latent cell in every supported VAE
 
 
@@ -22,13 +27,13 @@ class GenerationRequest:
     prompt_2: str | None = None  # SD 3: CLIP-G's prompt (default: prompt)
     prompt_3: str | None = None  # SD 3: T5's prompt (default: prompt)
     max_sequence_length: int = 256  # SD 3: T5 tokens
-    frames: int = 16
+    frames: int | None = None  # None: DEFAULT_FRAMES, or the frames of the latents started from
     height: int | None = None  # None: the model's native size
     width: int | None = None
     steps: int = 25
     guidance_scale: float = 7.5  # classifier-free guidance is on when > 1, as in diffusers
     seed: int | None = None  # None: a fresh random seed, recorded in the resolved request
-    scheduler: str | None = None  # None: the model family's default (ddim for SD 1.x, flow-euler for SD 3)
+    scheduler: str | None = None  # None: the backbone's default (ddim for SD 1.x, flow-euler for SD 3)
     beta_schedule: str | None = None  # None: the model folder's own
     eta: float = 0.0  # DDIM's eta; ignored by other schedulers
     num_videos: int = 1
@@ -42,7 +47,8 @@ class GenerationRequest:
 
     def validate(self) -> None:
         """Checks that need no model."""
-        _positive("--frames", self.frames)
+        if self.frames is not None:
+            _positive("--frames", self.frames)
         _positive("--steps", self.steps)
         _positive("--num-videos", self.num_videos)
         for flag, value in (("--height", self.height), ("--width", self.width)):
@@ -71,19 +77,20 @@ class GenerationRequest:
                 f"unknown beta schedule {self.beta_schedule!r} (choose from {', '.join(BETA_SCHEDULES)})",
             )
 
-    def resolved(self, default_size: int, family: str = "sd1") -> GenerationRequest:
-        """Validated against the model, with size, seed and scheduler filled in."""
+    def resolved(self, default_size: int, spec: BackboneSpec) -> GenerationRequest:
+        """Validated against the model's spec, with size, seed and scheduler filled in."""
         self.validate()
-        scheduler = self.scheduler or ("flow-euler" if family == "sd3" else DEFAULT_SCHEDULER)
-        if (family == "sd3") != (scheduler_class(scheduler) in FLOW_CLASSES):
-            kind = "flow-matching (flow-euler)" if family == "sd3" else "diffusion"
+        scheduler = self.scheduler or spec.default_scheduler
+        if spec.flow != (scheduler_class(scheduler) in FLOW_CLASSES):
+            kind = "flow-matching (flow-euler)" if spec.flow else "diffusion"
             raise InvalidArgument(
-                "--scheduler", f"{scheduler} does not fit this {family} model: it needs a {kind} scheduler"
+                "--scheduler", f"{scheduler} does not fit this {spec.name} model: it needs a {kind} scheduler"
             )
-        if family != "sd3" and (self.prompt_2 is not None or self.prompt_3 is not None):
+        if not spec.extra_prompts and (self.prompt_2 is not None or self.prompt_3 is not None):
             raise InvalidArgument("--prompt-2", "only SD 3 models have second and third text encoders")
         return replace(
             self,
+            frames=self.frames or DEFAULT_FRAMES,
             height=self.height or default_size,
             width=self.width or default_size,
             seed=secrets.randbelow(2**31) if self.seed is None else self.seed,

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .adapters.base import Conditioning
+from .conditioning import Conditioning
 
 
 class PromptEncoder:

@@ -7,14 +7,16 @@ smoke run. The output of a random model is noise by design.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from .demo.model import write_model_index
+from .layout import MOTION_ADAPTER, T5, clip_text_config, write_model_index
 
 TEXT_DIM = 32
 
@@ -71,18 +73,7 @@ def tiny_vae() -> AutoencoderKL:
 
 
 def tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
-    config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=TEXT_DIM,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
-    return CLIPTextModel(config)
+    return CLIPTextModel(clip_text_config(vocab_size, TEXT_DIM, layers=2, heads=4, intermediate=37))
 
 
 def sd1_scheduler() -> DDIMScheduler:
@@ -97,6 +88,18 @@ def sd1_scheduler() -> DDIMScheduler:
     )
 
 
+def tiny_random_folder(cache: Path) -> Path:
+    """`--model tiny-random`: a tiny SD 1.x folder with a motion adapter, built once into `cache`."""
+    folder = cache / "tiny-random"
+    if not (folder / "model_index.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tiny-"))
+        save_tiny_sd1(tmp, motion_adapter=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return folder
+
+
 def save_tiny_sd1(folder: str | Path, seed: int = 0, motion_adapter: bool = False) -> Path:
     """Write a tiny SD 1.x diffusers folder (model_index.json + components); optionally a motion_adapter/."""
     folder = Path(folder)
@@ -109,7 +112,7 @@ def save_tiny_sd1(folder: str | Path, seed: int = 0, motion_adapter: bool = Fals
     sd1_scheduler().save_pretrained(folder / "scheduler")
     if motion_adapter:
         tiny_motion_adapter().save_pretrained(folder / "motion_adapter")
-    write_model_index(folder, motion_adapter)
+    write_model_index(folder, **(MOTION_ADAPTER if motion_adapter else {}))
     return folder
 
 
@@ -144,39 +147,21 @@ def save_tiny_sd3(folder: str | Path, seed: int = 0, t5: bool = True) -> Path:
         tokenizer = byte_level_clip_tokenizer(folder / f"tokenizer{name}")
         tokenizer.save_pretrained(folder / f"tokenizer{name}")
         vocab = len(tokenizer)
-        config = CLIPTextConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=77, projection_dim=32, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
-            pad_token_id=vocab - 1, hidden_act="gelu",
-        )  # fmt: skip
+        config = clip_text_config(vocab, 32, layers=2, heads=4, intermediate=37, projection_dim=32, hidden_act="gelu")
         torch.manual_seed(seed + 1 + i)
         CLIPTextModelWithProjection(config).save_pretrained(folder / f"text_encoder{name}")
-    index = {"_class_name": "StableDiffusion3Pipeline", "text_encoder_3": [None, None], "tokenizer_3": [None, None]}
     if t5:
         tokenizer = byte_level_t5_tokenizer(folder / "tokenizer_3")
         T5EncoderModel(
             T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4)
         ).save_pretrained(folder / "text_encoder_3")
-        index |= {
-            "text_encoder_3": ["transformers", "T5EncoderModel"],
-            "tokenizer_3": ["transformers", "T5TokenizerFast"],
-        }
     AutoencoderKL(
         block_out_channels=(16, 16, 32, 32), in_channels=3, out_channels=3, latent_channels=16,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8,
         sample_size=64, shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False,
     ).save_pretrained(folder / "vae")  # fmt: skip
     FlowMatchEulerDiscreteScheduler(shift=3.0).save_pretrained(folder / "scheduler")
-    index |= {
-        "transformer": ["diffusers", "SD3Transformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(folder, "StableDiffusion3Pipeline", **(T5 if t5 else {}))
     return folder
 
 
@@ -199,13 +184,5 @@ def save_tiny_latte(folder: str | Path, seed: int = 0, video_length: int = 16) -
     ).save_pretrained(folder / "text_encoder")
     tiny_vae().save_pretrained(folder / "vae")
     sd1_scheduler().save_pretrained(folder / "scheduler")
-    index = {
-        "_class_name": "LattePipeline",
-        "transformer": ["diffusers", "LatteTransformer3DModel"],
-        "text_encoder": ["transformers", "T5EncoderModel"],
-        "tokenizer": ["transformers", "T5TokenizerFast"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(folder, "LattePipeline")
     return folder

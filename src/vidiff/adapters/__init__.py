@@ -2,6 +2,13 @@
 
 from .base import Conditioning, VideoDenoiser
 from .image_sequential import ImageSequentialDenoiser
-from .unet_motion import UNetMotionDenoiser, merge_motion_unet
+from .unet_motion import UNetFramesDenoiser, UNetMotionDenoiser, merge_motion_unet
 
-__all__ = ["Conditioning", "ImageSequentialDenoiser", "VideoDenoiser", "UNetMotionDenoiser", "merge_motion_unet"]
+__all__ = [
+    "Conditioning",
+    "ImageSequentialDenoiser",
+    "VideoDenoiser",
+    "UNetFramesDenoiser",
+    "UNetMotionDenoiser",
+    "merge_motion_unet",
+]

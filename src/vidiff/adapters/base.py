@@ -9,37 +9,54 @@ config, so the loop needs nothing else from the adapter.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+from ..conditioning import Conditioning
 from ..errors import InvalidArgument
+
+__all__ = ["Conditioning", "Loaded", "LoadOptions", "VideoDenoiser", "per_frame"]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What a backbone's `build` needs besides the folder."""
+
+    dtype: torch.dtype
+    device: torch.device
+    motion_module: str | None = None  # temporal weights: an AnimateDiff module, vidiff SD 3 temporal layers
+    mode: str = "motion"  # "motion": frames denoised together; "sequential": frame by frame
+    frame_noise: float = 0.05  # sequential: per-frame perturbation of the shared noise
+    frame_batch: int | None = None  # sequential: frames per backbone call
+    use_t5: bool = True  # SD 3: load T5 when the folder has it
 
 
 @dataclass
-class Conditioning:
-    """Prompt conditioning for one side of classifier-free guidance, batch-first."""
+class Loaded:
+    """A backbone built from a folder: what `VideoPipeline` is made of."""
 
-    embeds: Tensor  # (B, L, D) token embeddings
-    pooled: Tensor | None = None  # (B, P) pooled embeddings, for backbones that take them (SD 3)
+    prompt_encoder: Any  # text.PromptEncoder
+    denoiser: VideoDenoiser
+    vae: Any  # diffusers AutoencoderKL
+    scheduler_config: dict
+    sample_size: int  # the backbone's native latent size
+    seconds: float  # wall time spent loading
+    folder: Path | None = None
 
-    @staticmethod
-    def cat(parts: list[Conditioning]) -> Conditioning:
-        """Stack conditionings along the batch, e.g. [uncond, cond] for one batched CFG pass."""
-        out = {}
-        for f in fields(Conditioning):
-            values = [getattr(p, f.name) for p in parts]
-            out[f.name] = None if values[0] is None else torch.cat(values)  # (sum B, ...)
-        return Conditioning(**out)
+
+def per_frame(t: Tensor, batch: int, frames: int) -> Tensor:
+    """A scalar timestep, or one per video (B,), as one per frame (B*F,), frame-major per video."""
+    return t.expand(batch).repeat_interleave(frames) if t.dim() == 0 else t.repeat_interleave(frames)
 
 
 class VideoDenoiser(ABC):
     """A backbone that predicts the model output for a whole video latent at one timestep."""
 
-    family: str  # latent family: models of one family share a VAE latent space ("sd1", "sd3")
-    pab_family: str | None = None  # which attention-naming rules apply (default: the family's)
     latent_channels: int
     max_frames: int | None  # the frame positional table's length; None when unbounded
 
@@ -61,23 +78,14 @@ class VideoDenoiser(ABC):
 
     @abstractmethod
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        """latents (B, C, F, h, w), scalar timestep t, cond with batch B -> model output (B, C, F, h, w)."""
+        """latents (B, C, F, h, w), timestep t (scalar, or (B,) in training), cond with batch B -> model output
+        (B, C, F, h, w)."""
 
     def attention_modules(self) -> dict[str, nn.Module]:
         """Named attention modules that caches (Pyramid Attention Broadcast) may hook: diffusers' Attention."""
         from diffusers.models.attention_processor import Attention
 
         return {name: m for name, m in self.module.named_modules() if isinstance(m, Attention)}
-
-    def deep_modules(self) -> dict[str, nn.Module]:
-        """Named blocks whose outputs a DeepCache-style cache may reuse: in a UNet every block but the outermost
-        down and up blocks (so each step still runs its full-resolution edges); none in other backbones."""
-        m = self.module
-        if not all(hasattr(m, a) for a in ("down_blocks", "mid_block", "up_blocks")):
-            return {}
-        names = [f"down_blocks.{i}" for i in range(1, len(m.down_blocks))] + ["mid_block"]
-        names += [f"up_blocks.{i}" for i in range(len(m.up_blocks) - 1)]
-        return {name: m.get_submodule(name) for name in names}
 
     @property
     def dtype(self) -> torch.dtype:

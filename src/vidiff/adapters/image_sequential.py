@@ -23,8 +23,6 @@ class ImageSequentialDenoiser(VideoDenoiser):
 
     def __init__(self, image: VideoDenoiser, frame_noise: float = DEFAULT_FRAME_NOISE, frame_batch: int | None = None):
         self.image = image
-        self.family = image.family
-        self.pab_family = image.pab_family
         self.latent_channels = image.latent_channels
         self.frame_noise = frame_noise
         self.frame_batch = frame_batch  # frames per backbone call; None: all at once
@@ -47,6 +45,3 @@ class ImageSequentialDenoiser(VideoDenoiser):
 
     def attention_modules(self) -> dict[str, nn.Module]:
         return self.image.attention_modules()
-
-    def deep_modules(self) -> dict[str, nn.Module]:
-        return self.image.deep_modules()

@@ -1,18 +1,26 @@
-"""Latte (diffusers' LatteTransformer3DModel): a video DiT with interleaved spatial and temporal blocks."""
+"""Latte (diffusers' LatteTransformer3DModel): a video DiT with interleaved spatial and temporal blocks.
+
+`build` loads a LattePipeline folder; sequential mode turns its temporal attention off.
+"""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDIMScheduler
 from torch import Tensor, nn
 
-from ..errors import InvalidArgument
-from .base import Conditioning, VideoDenoiser
+from ..errors import InvalidArgument, LoadError
+from ..loading import load_part
+from ..text import T5PromptEncoder
+from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser
+
+PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 class LatteDenoiser(VideoDenoiser):
     """Takes the 5-D latent as it is; drops the learned-variance half of the output, as LattePipeline does."""
-
-    family = "sd1"  # Latte works in the SD VAE's 4-channel latent space
-    pab_family = "latte"
 
     def __init__(self, transformer, temporal_attention: bool = True) -> None:
         self.transformer = transformer
@@ -39,3 +47,25 @@ class LatteDenoiser(VideoDenoiser):
             return_dict=False,
         )[0]  # (B, C or 2C, F, h, w)
         return out[:, : self.latent_channels]  # (B, C, F, h, w)
+
+
+def build(folder: Path, options: LoadOptions) -> Loaded:
+    """A Latte folder as a video backbone (the `latte` spec)."""
+    from diffusers import LatteTransformer3DModel
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    start = time.perf_counter()
+    missing = [p for p in PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise LoadError("--model", f"{folder} is not a diffusers Latte folder (missing {', '.join(missing)})")
+    dtype = options.dtype
+    tokenizer = load_part(AutoTokenizer.from_pretrained, folder / "tokenizer")
+    text_encoder = load_part(T5EncoderModel.from_pretrained, folder / "text_encoder", dtype=dtype)
+    transformer = load_part(LatteTransformer3DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)
+    vae = load_part(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
+    config = dict(load_part(DDIMScheduler.load_config, folder / "scheduler"))
+    for module in (text_encoder, transformer, vae):
+        module.to(options.device).eval().requires_grad_(False)
+    denoiser = LatteDenoiser(transformer, temporal_attention=options.mode == "motion")
+    encoder = T5PromptEncoder(tokenizer, text_encoder)
+    return Loaded(encoder, denoiser, vae, config, transformer.config.sample_size, time.perf_counter() - start)

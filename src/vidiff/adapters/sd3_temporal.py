@@ -1,18 +1,29 @@
-"""Stable Diffusion 3 / 3.5 (MMDiT) over a video: frames ride in the batch; temporal layers, if any, mix them."""
+"""Stable Diffusion 3 / 3.5 (MMDiT) over a video: frames ride in the batch; temporal layers, if any, mix them.
+
+`build` loads an SD 3 folder (three text encoders, T5 optional) and vidiff's temporal layers (the motion
+module argument); without them, or in sequential mode, frames are denoised one by one.
+"""
 
 from __future__ import annotations
 
-from diffusers import SD3Transformer2DModel
+import time
+from pathlib import Path
+
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from torch import Tensor, nn
 
+from ..errors import LoadError
+from ..loading import load_part
 from ..motion.sd3_temporal import SD3TemporalLayers
-from .base import Conditioning, VideoDenoiser
+from ..text import SD3PromptEncoder
+from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
+from .image_sequential import ImageSequentialDenoiser
+
+PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 
 
 class SD3Denoiser(VideoDenoiser):
     """Without temporal layers every frame is denoised on its own, exactly as the image pipeline would."""
-
-    family = "sd3"
 
     def __init__(self, transformer: SD3Transformer2DModel, temporal: SD3TemporalLayers | None = None) -> None:
         self.transformer = transformer
@@ -42,9 +53,48 @@ class SD3Denoiser(VideoDenoiser):
             self.temporal.frames = f  # num_frames for the hooks: tokens are (B*F, N, C) inside
         out = self.transformer(
             hidden_states=frames,
-            timestep=t.expand(b * f),
+            timestep=per_frame(t, b, f),
             encoder_hidden_states=embeds,
             pooled_projections=pooled,
             return_dict=False,
         )[0]  # (B*F, C, h, w)
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
+
+
+def load_text_encoders(folder: Path, dtype, use_t5: bool = True) -> tuple[list, list]:
+    """([CLIP-L, CLIP-G, T5 or None] tokenizers, the same encoders) of an SD 3 folder."""
+    from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
+
+    tokenizers = [load_part(CLIPTokenizer.from_pretrained, folder / p) for p in ("tokenizer", "tokenizer_2")]
+    encoders = [
+        load_part(CLIPTextModelWithProjection.from_pretrained, folder / p, dtype=dtype)
+        for p in ("text_encoder", "text_encoder_2")
+    ]
+    has_t5 = use_t5 and (folder / "text_encoder_3").is_dir()
+    tokenizers.append(load_part(AutoTokenizer.from_pretrained, folder / "tokenizer_3") if has_t5 else None)
+    encoders.append(
+        load_part(T5EncoderModel.from_pretrained, folder / "text_encoder_3", dtype=dtype) if has_t5 else None
+    )
+    return tokenizers, encoders
+
+
+def build(folder: Path, options: LoadOptions) -> Loaded:
+    """An SD 3 / 3.5 folder as a video backbone (the `sd3` spec)."""
+    start = time.perf_counter()
+    missing = [p for p in PARTS if not (folder / p).is_dir()]
+    if missing:
+        raise LoadError("--model", f"{folder} is not a diffusers SD 3 folder (missing {', '.join(missing)})")
+    dtype = options.dtype
+    tokenizers, encoders = load_text_encoders(folder, dtype, options.use_t5)
+    transformer = load_part(SD3Transformer2DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)
+    vae = load_part(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
+    config = dict(load_part(FlowMatchEulerDiscreteScheduler.load_config, folder / "scheduler"))
+    for module in (*[e for e in encoders if e is not None], transformer, vae):
+        module.to(options.device).eval().requires_grad_(False)
+    temporal = SD3TemporalLayers.load(options.motion_module) if options.motion_module else None
+    if temporal is not None and options.mode == "motion":
+        denoiser: VideoDenoiser = SD3Denoiser(transformer, temporal)
+    else:
+        denoiser = ImageSequentialDenoiser(SD3Denoiser(transformer), options.frame_noise, options.frame_batch)
+    encoder = SD3PromptEncoder(tokenizers, encoders, transformer.config.joint_attention_dim)
+    return Loaded(encoder, denoiser, vae, config, transformer.config.sample_size, time.perf_counter() - start)

@@ -14,10 +14,11 @@ import gzip
 import json
 from pathlib import Path
 
-import diffusers
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from ..layout import clip_text_config
 
 TEXT_DIM = 64
 VOCAB_SIZE = 49408  # CLIP's
@@ -68,19 +69,7 @@ def demo_unet() -> UNet2DConditionModel:
 
 
 def demo_text_encoder() -> CLIPTextModel:
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=VOCAB_SIZE,
-            hidden_size=TEXT_DIM,
-            intermediate_size=2 * TEXT_DIM,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    return CLIPTextModel(clip_text_config(VOCAB_SIZE, TEXT_DIM, layers=2, heads=4, intermediate=2 * TEXT_DIM))
 
 
 def motion_adapter_for(unet_config: dict, heads: int = 8, max_frames: int = 32) -> MotionAdapter:
@@ -143,36 +132,3 @@ def demo_scheduler() -> DDIMScheduler:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-
-
-_COMPONENTS = {  # model_index.json entries per family
-    "sd1": {
-        "_class_name": "StableDiffusionPipeline",
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-    },
-    "sd3": {
-        "_class_name": "StableDiffusion3Pipeline",
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "text_encoder_3": [None, None],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "tokenizer_3": [None, None],
-        "transformer": ["diffusers", "SD3Transformer2DModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    },
-}
-
-
-def write_model_index(folder: Path, motion_adapter: bool = False, family: str = "sd1") -> None:
-    index = {"_diffusers_version": diffusers.__version__} | _COMPONENTS[family]
-    if motion_adapter:
-        index["motion_adapter"] = ["diffusers", "MotionAdapter"]
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))

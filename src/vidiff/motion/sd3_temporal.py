@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from ..atomic import atomic_file
 from ..errors import LoadError
 
 ARG = "--motion-module"
@@ -118,7 +119,8 @@ class SD3TemporalLayers(nn.Module):
 
     def save(self, path: str | Path) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata={"format": FORMAT, "config": json.dumps(self.config)})
+        with atomic_file(path, argument="--out") as tmp:
+            save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(self.config)})
 
     @classmethod
     def load(cls, path: str | Path) -> SD3TemporalLayers:

@@ -17,7 +17,6 @@ from a checkpoint continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,11 +30,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..adapters.unet_motion import merge_motion_unet
+from ..adapters.base import Conditioning
+from ..adapters.sd3_temporal import SD3Denoiser
+from ..adapters.unet_motion import UNetFramesDenoiser, UNetMotionDenoiser, merge_motion_unet
+from ..atomic import atomic_file, atomic_folder
 from ..demo import model as demo
 from ..errors import InvalidArgument
-from ..loading import DTYPES, model_family
+from ..layout import MOTION_ADAPTER, write_model_index
+from ..loading import DTYPES
 from ..motion.animatediff_format import load_motion_adapter
+from ..specs import detect
 from .data import open_data
 
 STAGES = ("vae", "image", "motion")
@@ -79,7 +83,7 @@ class TrainConfig:
             raise InvalidArgument("--keyframe-share", f"must be in [0, 1], got {self.keyframe_share}")
         if self.text_lr_scale < 0:
             raise InvalidArgument("--text-lr-scale", f"must be >= 0, got {self.text_lr_scale}")
-        if self.family not in (None, "sd1", "sd3"):
+        if self.family is not None and self.family not in SKELETONS:
             raise InvalidArgument("--family", f"unknown family {self.family!r} (choose from sd1, sd3)")
 
     @property
@@ -120,22 +124,35 @@ class Stage:
         raise NotImplementedError
 
 
+SKELETONS = {  # a new demo folder per backbone: (tokenizer folders, scheduler, pipeline class)
+    "sd1": (("tokenizer",), demo.demo_scheduler, "StableDiffusionPipeline"),
+    "sd3": (("tokenizer", "tokenizer_2"), demo.demo_sd3_scheduler, "StableDiffusion3Pipeline"),
+}
+
+
+def warmup_cosine(step: int, steps: int, warmup: int) -> float:
+    """The learning-rate factor at `step`: linear warm-up over `warmup` steps, then cosine down to a tenth."""
+    warm = min(1.0, (step + 1) / max(warmup, 1))
+    return warm * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+
+
 def _ensure_skeleton(folder: Path, family: str = "sd1") -> None:
     """A new demo folder: tokenizer(s), scheduler and model index, before any weights exist."""
+    tokenizers, scheduler, pipeline = SKELETONS[family]
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer", "tokenizer_2") if family == "sd3" else ("tokenizer",):
+    for name in tokenizers:
         if not (folder / name).is_dir():
             shutil.copytree(DEMO_TOKENIZER, folder / name)
     if not (folder / "scheduler").is_dir():
-        scheduler = demo.demo_sd3_scheduler() if family == "sd3" else demo.demo_scheduler()
-        scheduler.save_pretrained(folder / "scheduler")
+        scheduler().save_pretrained(folder / "scheduler")
     if not (folder / "model_index.json").is_file():
-        demo.write_model_index(folder, family=family)
+        write_model_index(folder, pipeline)
 
 
 def _save(module: nn.Module, folder: Path, dtype: torch.dtype) -> None:
-    """save_pretrained in `dtype`, leaving the training copy in float32."""
-    module.to(dtype).save_pretrained(folder)
+    """save_pretrained in `dtype` (atomically, file by file), leaving the training copy in float32."""
+    with atomic_folder(folder) as tmp:
+        module.to(dtype).save_pretrained(tmp)
     module.to(torch.float32)
 
 
@@ -207,6 +224,7 @@ class ImageStage(Stage):
             CLIPTextModel.from_pretrained(text_dir, dtype=FP32) if text_dir.is_dir() else demo.demo_text_encoder()
         )
         self.modules = {"unet": self.unet.train(), "text_encoder": self.text.train()}
+        self.denoiser = UNetFramesDenoiser(self.unet)
         self.cfg, self.data = cfg, data
 
     def loss(self, rng, gen):
@@ -214,7 +232,8 @@ class ImageStage(Stage):
         latents = self.diff.encode(pixels)  # (B, 4, h, w)
         embeds = self.text(self.diff.tokens(captions, rng))[0]  # (B, 77, D)
         noisy, t, target = self.diff.noised(latents, gen)
-        return F.mse_loss(self.unet(noisy, t, encoder_hidden_states=embeds).sample, target)
+        pred = self.denoiser.predict(noisy[:, :, None], t, Conditioning(embeds))[:, :, 0]  # (B, 4, h, w)
+        return F.mse_loss(pred, target)
 
     def export(self, dtype):
         _save(self.unet, self.cfg.model / "unet", dtype)
@@ -237,6 +256,7 @@ class MotionStage(Stage):
         for name, p in self.unet.named_parameters():
             p.requires_grad_("motion_modules." in name)
         self.modules = {"unet": self.unet}
+        self.denoiser = UNetMotionDenoiser(self.unet)
         self.cfg, self.data = cfg, data
 
     def loss(self, rng, gen):
@@ -247,8 +267,8 @@ class MotionStage(Stage):
         with torch.no_grad():
             embeds = self.text(self.diff.tokens(captions, rng))[0]  # (B, 77, D)
         noisy, t, target = self.diff.noised(latents, gen)
-        pred = self.unet(noisy, t, encoder_hidden_states=embeds.repeat_interleave(f, dim=0)).sample
-        return F.mse_loss(pred, target)  # (B, 4, F, h, w) both
+        pred = self.denoiser.predict(noisy, t, Conditioning(embeds))  # (B, 4, F, h, w)
+        return F.mse_loss(pred, target)
 
     def export(self, dtype):
         from diffusers import MotionAdapter
@@ -258,7 +278,7 @@ class MotionStage(Stage):
         adapter.load_state_dict({k: state[k] for k in self.adapter_keys})
         _save(adapter, self.out, dtype)
         if self.out == self.cfg.model / "motion_adapter":
-            demo.write_model_index(self.cfg.model, motion_adapter=True)
+            write_model_index(self.cfg.model, **MOTION_ADAPTER)
 
 
 class _Flow:
@@ -267,7 +287,10 @@ class _Flow:
     MAX_SEQUENCE_LENGTH = 77  # T5 tokens (zeros without T5): generate with --max-sequence-length 77
 
     def __init__(self, cfg: TrainConfig, vae: AutoencoderKL, encoder) -> None:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
         self.cfg, self.vae, self.encoder = cfg, vae.eval().requires_grad_(False), encoder
+        self.timescale = FlowMatchEulerDiscreteScheduler.load_config(cfg.model / "scheduler")["num_train_timesteps"]
 
     def encode(self, pixels: Tensor) -> Tensor:
         c = self.vae.config
@@ -280,19 +303,15 @@ class _Flow:
         with torch.set_grad_enabled(grad):
             return self.encoder.encode(captions, max_sequence_length=self.MAX_SEQUENCE_LENGTH)
 
-    def loss(self, transformer, z: Tensor, cond, frames: int, gen: torch.Generator) -> Tensor:
+    def loss(self, denoiser: SD3Denoiser, z: Tensor, cond, frames: int, gen: torch.Generator) -> Tensor:
         """z (B*F, C, h, w) clean latents, one noise level per clip of `frames` frames: the flow's velocity."""
-        b = z.shape[0] // frames
-        sigma = torch.rand(b, generator=gen).repeat_interleave(frames)[:, None, None, None]  # (B*F, 1, 1, 1)
-        noise = torch.randn(z.shape, generator=gen)
-        noisy = (1 - sigma) * z + sigma * noise  # (B*F, C, h, w)
-        pred = transformer(
-            hidden_states=noisy,
-            timestep=sigma.flatten() * 1000,
-            encoder_hidden_states=cond.embeds.repeat_interleave(frames, dim=0),
-            pooled_projections=cond.pooled.repeat_interleave(frames, dim=0),
-            return_dict=False,
-        )[0]
+        b, c, h, w = z.shape[0] // frames, *z.shape[1:]
+        sigma = torch.rand(b, generator=gen)  # (B,)
+        noise = torch.randn(z.shape, generator=gen).reshape(b, frames, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
+        z = z.reshape(b, frames, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
+        s = sigma[:, None, None, None, None]
+        noisy = (1 - s) * z + s * noise  # (B, C, F, h, w)
+        pred = denoiser.predict(noisy, sigma * self.timescale, cond)  # the scheduler's timesteps: sigma * T
         return F.mse_loss(pred, noise - z)
 
 
@@ -323,6 +342,7 @@ class SD3ImageStage(Stage):
         encoder = SD3PromptEncoder([*tokenizers, None], [*encoders, None], self.transformer.config.joint_attention_dim)
         vae = AutoencoderKL.from_pretrained(m / "vae", torch_dtype=FP32)
         self.flow = _Flow(cfg, vae, encoder)
+        self.denoiser = SD3Denoiser(self.transformer)
         self.modules = {"transformer": self.transformer.train()} | {
             n: e.train() for n, e in zip(names, encoders, strict=True)
         }
@@ -331,7 +351,7 @@ class SD3ImageStage(Stage):
     def loss(self, rng, gen):
         pixels, captions = self.data.images(rng, self.cfg.batch_size, self.cfg.keyframe_share)  # (B, 3, H, W)
         z = self.flow.encode(pixels)  # (B, C, h, w)
-        return self.flow.loss(self.transformer, z, self.flow.cond(captions, rng, grad=True), 1, gen)
+        return self.flow.loss(self.denoiser, z, self.flow.cond(captions, rng, grad=True), 1, gen)
 
     def export(self, dtype):
         for name, module in self.modules.items():
@@ -342,20 +362,19 @@ class SD3MotionStage(Stage):
     """SD 3 / 3.5: train vidiff's temporal layers with the transformer frozen (rectified-flow loss)."""
 
     def __init__(self, cfg: TrainConfig, data) -> None:
-        from ..loading import load_sd3
+        from ..adapters.base import LoadOptions
+        from ..adapters.sd3_temporal import build
         from ..motion.sd3_temporal import SD3TemporalLayers
-        from ..text import SD3PromptEncoder
 
-        parts = load_sd3(cfg.model, torch.float32, torch.device("cpu"))
-        self.transformer = parts.transformer
-        encoder = SD3PromptEncoder(parts.tokenizers, parts.text_encoders, parts.transformer.config.joint_attention_dim)
-        self.flow = _Flow(cfg, parts.vae, encoder)
+        parts = build(cfg.model, LoadOptions(torch.float32, torch.device("cpu"), mode="sequential"))
+        self.transformer = parts.denoiser.module
+        self.flow = _Flow(cfg, parts.vae, parts.prompt_encoder)
         self.out = cfg.out or cfg.model / "temporal.safetensors"
         if self.out.is_file():
             self.layers = SD3TemporalLayers.load(self.out)
         else:
             self.layers = SD3TemporalLayers.for_transformer(self.transformer, max_frames=max(32, cfg.frames))
-        self.layers.attach(self.transformer)
+        self.denoiser = SD3Denoiser(self.transformer, self.layers)  # attaches the layers
         self.modules = {"temporal": self.layers.train()}
         self.cfg, self.data = cfg, data
 
@@ -363,21 +382,25 @@ class SD3MotionStage(Stage):
         videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
         f = videos.shape[1]
         z = self.flow.encode(videos.flatten(0, 1))  # (B*F, C, h, w)
-        self.layers.frames = f
-        return self.flow.loss(self.transformer, z, self.flow.cond(captions, rng, grad=False), f, gen)
+        return self.flow.loss(self.denoiser, z, self.flow.cond(captions, rng, grad=False), f, gen)
 
     def export(self, dtype):
         self.layers.to(dtype).save(self.out)
         self.layers.to(torch.float32)
 
 
+STAGE_CLASSES = {
+    "sd1": {"vae": VaeStage, "image": ImageStage, "motion": MotionStage},
+    "sd3": {"vae": VaeStage, "image": SD3ImageStage, "motion": SD3MotionStage},
+}
+
+
 def _save_checkpoint(path: Path, stage: Stage, opt: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"step": step, "losses": losses, "optimizer": opt.state_dict()}
     state["modules"] = {name: m.state_dict() for name, m in stage.modules.items()}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: an interruption leaves the previous checkpoint intact
+    with atomic_file(path) as tmp:  # an interruption leaves the previous checkpoint intact
+        torch.save(state, tmp)
 
 
 def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> list[float]:
@@ -388,11 +411,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float
     if cfg.stage != "vae" and not (cfg.model / "vae").is_dir():
         raise InvalidArgument("--model", f"{cfg.model} has no vae/: train the vae stage first")
     new = not (cfg.model / "model_index.json").is_file()
-    cfg.family = (cfg.family or "sd1") if new else model_family(cfg.model)
-    stages = {"vae": VaeStage, "image": ImageStage, "motion": MotionStage}
-    if cfg.family == "sd3":
-        stages |= {"image": SD3ImageStage, "motion": SD3MotionStage}
-    stage = stages[cfg.stage](cfg, data)
+    cfg.family = (cfg.family or "sd1") if new else detect(cfg.model).name
+    stage = STAGE_CLASSES[cfg.family][cfg.stage](cfg, data)
     if cfg.text_lr_scale == 0:
         stage.freeze_text()
     params = stage.params()
@@ -407,9 +427,8 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float
         start, losses = state["step"], state["losses"]
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.stage, disable=not progress)
     for step in bar:
-        for group in opt.param_groups:  # linear warm-up, then cosine to a tenth
-            warm = min(1.0, (step + 1) / max(cfg.warmup, 1))
-            group["lr"] = group["scale"] * lr * warm * (0.55 + 0.45 * math.cos(math.pi * step / cfg.steps))
+        for group in opt.param_groups:
+            group["lr"] = group["scale"] * lr * warmup_cosine(step, cfg.steps, cfg.warmup)
         rng = np.random.default_rng([cfg.seed, step])
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         loss = stage.loss(rng, gen)

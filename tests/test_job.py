@@ -1,0 +1,186 @@
+"""Render jobs: the library does what `vidiff generate` does, with identical latents; jobs round-trip as JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import cli
+from PIL import Image
+
+from vidiff import (
+    DeepCacheConfig,
+    GenerationRequest,
+    InvalidArgument,
+    PABConfig,
+    Renderer,
+    RenderJob,
+    VideoPipeline,
+    VidiffError,
+    render,
+)
+from vidiff.latents_io import load_latents
+
+FLAGS = ["--frames", "8", "--steps", "6", "--height", "64", "--width", "64", "--seed", "3", "--quiet"]
+FLAGS += ["--dtype", "float32"]
+
+
+def request(**overrides) -> GenerationRequest:
+    return GenerationRequest(**({"prompt": "a cat", "frames": 8, "steps": 6, "height": 64, "width": 64, "seed": 3}
+                                | overrides))  # fmt: skip
+
+
+@pytest.fixture
+def model(sd1_folder, original_files) -> dict:
+    return {"model": str(sd1_folder), "motion_module": str(original_files["safetensors"]), "dtype": "float32"}
+
+
+@pytest.fixture
+def flags(model) -> list[str]:
+    return ["--model", model["model"], "--motion-module", model["motion_module"], *FLAGS]
+
+
+def latents(path) -> torch.Tensor:
+    return load_latents(path).latents
+
+
+def test_json_round_trip():
+    job = RenderJob(
+        request(scheduler="dpm++2m", denoising_end=0.5),
+        model="demo",
+        image_seeds="a.gif;mask=m.png",
+        pab=PABConfig(spatial_skip=3, cross_range=(200, 700)),
+        deep_cache=DeepCacheConfig(skip=2),
+        output="x.safetensors",
+        checkpoint_every=4,
+    )
+    again = RenderJob.from_json(job.to_json())
+    assert again == job and isinstance(again.pab.cross_range, tuple)
+    with pytest.raises(InvalidArgument, match="job: unknown keys colour"):
+        RenderJob.from_dict(job.to_dict() | {"colour": "red"})
+
+
+def test_text_to_video_equals_the_cli(tmp_path, model, flags):
+    assert cli("generate", "a cat", *flags, "-o", tmp_path / "cli.safetensors") == 0
+    result = render(RenderJob(request(), output=str(tmp_path / "api.safetensors"), **model))
+    assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))
+    assert torch.equal(result.latents.float(), latents(tmp_path / "api.safetensors"))
+    pipe = VideoPipeline.from_pretrained(model["model"], model["motion_module"], dtype="float32")
+    direct = pipe("a cat", frames=8, steps=6, height=64, width=64, seed=3, output_type="latent", progress=False)
+    assert torch.equal(direct.latents, result.latents)
+
+
+def test_image_seeds_with_a_mask_equal_the_cli(tmp_path, model, flags):
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)) for _ in range(10)]
+    frames[0].save(tmp_path / "src.gif", save_all=True, append_images=frames[1:])
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[16:48, 16:48] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    seeds = f"{tmp_path / 'src.gif'};mask={tmp_path / 'mask.png'}"
+    assert cli("generate", "a cat", *flags, "--image-seeds", seeds, "-o", tmp_path / "cli.safetensors") == 0
+    render(RenderJob(request(), image_seeds=seeds, output=str(tmp_path / "api.safetensors"), **model))
+    assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))
+
+
+def test_split_and_resume_equal_the_cli(tmp_path, model, flags):
+    split = ["--scheduler", "dpm++2m", "--denoising-end", "0.5"]
+    assert cli("generate", "a cat", *flags, *split, "-o", tmp_path / "cli-half.safetensors") == 0
+    seeds = f"latents: {tmp_path / 'cli-half.safetensors'}"
+    rest = ["--scheduler", "dpm++2m", "--denoising-start", "0.5", "--image-seeds", seeds]
+    assert cli("generate", "a cat", *flags, *rest, "-o", tmp_path / "cli.safetensors") == 0
+    half = render(
+        RenderJob(request(scheduler="dpm++2m", denoising_end=0.5), output=str(tmp_path / "half.safetensors"), **model)
+    )
+    assert torch.equal(half.latents.float(), latents(tmp_path / "cli-half.safetensors"))
+    seeds = f"latents: {tmp_path / 'half.safetensors'}"
+    job = RenderJob(request(scheduler="dpm++2m", denoising_start=0.5), image_seeds=seeds,
+                    output=str(tmp_path / "api.safetensors"), **model)  # fmt: skip
+    render(job)
+    assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))
+
+
+def test_resume_checkpoint_stores_the_job(tmp_path, model):
+    """A checkpoint written mid-run holds the resolved job; resuming it alone finishes the same video."""
+    whole = render(RenderJob(request(scheduler="dpm++2m", seed=None), output=str(tmp_path / "whole.pt"), **model))
+    seed = whole.job.request.seed
+    job = RenderJob(request(scheduler="dpm++2m", seed=seed), output=str(tmp_path / "run.safetensors"),
+                    checkpoint_every=2, **model)  # fmt: skip
+    checkpoint = tmp_path / "run.safetensors.resume.safetensors"
+    calls = []
+
+    def stop_after_four(*_):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+
+    renderer = Renderer()
+    pipe, _ = renderer.pipeline(job)
+    original = pipe.denoiser.predict
+    pipe.denoiser.predict = lambda *a: (stop_after_four(), original(*a))[1]
+    with pytest.raises(KeyboardInterrupt):
+        renderer.render(job)
+    del pipe.denoiser.predict
+    stored = load_latents(checkpoint).meta
+    assert stored.step == 2 and RenderJob.from_dict(stored.job).request.seed == seed
+    result = renderer.render(RenderJob(request(prompt=""), resume=str(checkpoint)))
+    assert result.output == tmp_path / "run.safetensors" and not checkpoint.exists()
+    assert renderer.loads == 1 and result.reused_pipeline
+    assert (result.latents - whole.latents).abs().max() <= 1e-5
+
+
+def test_accelerators_equal_the_cli(tmp_path, model, flags):
+    pab = ["--pab", "--pab-cross", "4", "--deep-cache", "2"]
+    assert cli("generate", "a cat", *flags, *pab, "-o", tmp_path / "cli.safetensors") == 0
+    job = RenderJob(request(), pab=PABConfig(cross_skip=4), deep_cache=DeepCacheConfig(skip=2),
+                    output=str(tmp_path / "api.safetensors"), **model)  # fmt: skip
+    render(job)
+    assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))
+    assert cli("generate", "a cat", *flags, "--fast", "-o", tmp_path / "fast.safetensors") == 0
+    render(RenderJob(request(), fast=True, output=str(tmp_path / "api-fast.safetensors"), **model))
+    assert torch.equal(latents(tmp_path / "fast.safetensors"), latents(tmp_path / "api-fast.safetensors"))
+    assert not torch.equal(latents(tmp_path / "fast.safetensors"), latents(tmp_path / "cli.safetensors"))
+
+
+def test_a_warm_pipeline_is_reused_and_accelerators_do_not_leak(tmp_path, model):
+    renderer = Renderer()
+    plain = renderer.render(RenderJob(request(), output=str(tmp_path / "a.pt"), **model))
+    renderer.render(RenderJob(request(), fast=True, output=str(tmp_path / "b.pt"), **model))
+    again = renderer.render(RenderJob(request(), output=str(tmp_path / "c.pt"), **model))
+    assert renderer.loads == 1 and again.reused_pipeline and not renderer.pipe.accelerators
+    assert torch.equal(plain.latents, again.latents)
+
+
+def test_video_output_and_checks_before_loading(tmp_path, model):
+    result = render(RenderJob(request(), output=str(tmp_path / "v.gif"), fps=10, **model))
+    assert result.frames_written == 8 and not result.is_latents
+    with Image.open(tmp_path / "v.gif") as gif:
+        assert (gif.n_frames, gif.size, gif.info["duration"]) == (8, (64, 64), 100)
+    bad = {"model": "/nonexistent"}  # never loaded: each error comes first
+    for job, text in [
+        (RenderJob(request(), output=str(tmp_path / "v.gif"), **bad), "--output: "),
+        (RenderJob(request(denoising_end=0.5), output=str(tmp_path / "x.gif"), **bad), "go to .pt"),
+        (RenderJob(request(), fps=float("nan"), output=str(tmp_path / "y.gif"), **bad), "--fps"),
+        (RenderJob(request(), pab=PABConfig(spatial_skip=0), **bad), "--pab-spatial"),
+        (RenderJob(request(), pab=PABConfig(spatial_range=(800, 100)), **bad), "--pab-range"),
+    ]:
+        with pytest.raises(VidiffError, match=text):
+            render(job)
+
+
+def test_snapshot_before_a_run_is_a_clear_error(sd1_folder):
+    pipe = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", dtype="float32")
+    assert pipe.run is None and pipe.timings.steps == 0
+    with pytest.raises(InvalidArgument, match="snapshot: no generation has run yet"):
+        pipe.snapshot(torch.zeros(1, 4, 2, 8, 8))
+
+
+def test_decode_file(tmp_path, model):
+    from vidiff import decode_file
+
+    render(RenderJob(request(), output=str(tmp_path / "a.safetensors"), **model))
+    count, denoised = decode_file(str(tmp_path / "a.safetensors"), model["model"], str(tmp_path / "a.mp4"))
+    assert (count, denoised) == (8, 1.0) and (tmp_path / "a.mp4").stat().st_size > 0
+    assert json.loads(json.dumps(RenderJob(request()).to_dict()))["request"]["prompt"] == "a cat"
