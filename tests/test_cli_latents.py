@@ -7,10 +7,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
-from helpers import cli
+from helpers import cli, source_and_mask
 from PIL import Image
 
 from vidiff.cli import main
@@ -80,15 +79,9 @@ def test_frames_and_size_come_from_the_latents_file(tmp_path, model):
 
 
 def test_video_to_video_and_inpainting_from_files(tmp_path, model):
-    rng = np.random.default_rng(0)
-    frames = [Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)) for _ in range(10)]
-    frames[0].save(tmp_path / "src.gif", save_all=True, append_images=frames[1:])
-    mask = np.zeros((64, 64), dtype=np.uint8)
-    mask[16:48, 16:48] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
+    seeds = source_and_mask(tmp_path)
     assert cli("generate", "a cat", *model, *FAST, "--image-seeds", tmp_path / "src.gif", "--image-seed-strength",
                "0.5", "-o", tmp_path / "v2v.mp4") == 0  # fmt: skip
-    seeds = f"{tmp_path / 'src.gif'};mask={tmp_path / 'mask.png'}"
     assert cli("generate", "a cat", *model, *FAST, "--image-seeds", seeds, "-o", tmp_path / "inpaint.pt") == 0
     assert cli("generate", "a cat", *model, *FAST, "--image-seeds", tmp_path / "inpaint.pt",
                "--image-seed-strength", "0.3", "-o", tmp_path / "from-latents.gif") == 0  # fmt: skip

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from helpers import cli
+from helpers import cli, source_and_mask
 from PIL import Image
 
 from vidiff import (
@@ -73,13 +72,7 @@ def test_text_to_video_equals_the_cli(tmp_path, model, flags):
 
 
 def test_image_seeds_with_a_mask_equal_the_cli(tmp_path, model, flags):
-    rng = np.random.default_rng(0)
-    frames = [Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)) for _ in range(10)]
-    frames[0].save(tmp_path / "src.gif", save_all=True, append_images=frames[1:])
-    mask = np.zeros((64, 64), dtype=np.uint8)
-    mask[16:48, 16:48] = 255
-    Image.fromarray(mask).save(tmp_path / "mask.png")
-    seeds = f"{tmp_path / 'src.gif'};mask={tmp_path / 'mask.png'}"
+    seeds = source_and_mask(tmp_path)
     assert cli("generate", "a cat", *flags, "--image-seeds", seeds, "-o", tmp_path / "cli.safetensors") == 0
     render(RenderJob(request(), image_seeds=seeds, output=str(tmp_path / "api.safetensors"), **model))
     assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))

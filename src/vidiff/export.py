@@ -137,7 +137,12 @@ class FrameWriter:
         kind = check_output(path, overwrite)
         self.path, self.overwrite, self.count = Path(path), overwrite, 0
         self._atomic = atomic_folder(self.path) if kind == "/" else atomic_file(self.path, overwrite)
-        self._sink = WRITERS[kind](self._atomic.__enter__(), fps)
+        tmp = self._atomic.__enter__()
+        try:
+            self._sink = WRITERS[kind](tmp, fps)
+        except BaseException as e:
+            self._atomic.__exit__(type(e), e, None)
+            raise
 
     def append(self, frames: np.ndarray) -> None:
         """Add a chunk of frames (n, H, W, 3) uint8."""

@@ -111,6 +111,13 @@ def resolve_model_folder(model: str) -> Path:
     raise LoadError("--model", f"no such folder: {path}")
 
 
+def require_parts(folder: Path, parts: tuple[str, ...], kind: str) -> None:
+    """Refuse a folder that lacks any of a backbone's sub-folders, naming them."""
+    missing = [p for p in parts if not (folder / p).is_dir()]
+    if missing:
+        raise LoadError("--model", f"{folder} is not a diffusers {kind} folder (missing {', '.join(missing)})")
+
+
 def load_part(load, path: Path, **kwargs):
     """`load(path, **kwargs)` (a `from_pretrained`), any failure as one `--model` line."""
     try:

@@ -11,8 +11,8 @@ from pathlib import Path
 from diffusers import AutoencoderKL, DDIMScheduler
 from torch import Tensor, nn
 
-from ..errors import InvalidArgument, LoadError
-from ..loading import load_part
+from ..errors import InvalidArgument
+from ..loading import load_part, require_parts
 from ..text import T5PromptEncoder
 from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser
 
@@ -55,9 +55,7 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     from transformers import AutoTokenizer, T5EncoderModel
 
     start = time.perf_counter()
-    missing = [p for p in PARTS if not (folder / p).is_dir()]
-    if missing:
-        raise LoadError("--model", f"{folder} is not a diffusers Latte folder (missing {', '.join(missing)})")
+    require_parts(folder, PARTS, "Latte")
     dtype = options.dtype
     tokenizer = load_part(AutoTokenizer.from_pretrained, folder / "tokenizer")
     text_encoder = load_part(T5EncoderModel.from_pretrained, folder / "text_encoder", dtype=dtype)

@@ -12,8 +12,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from torch import Tensor, nn
 
-from ..errors import LoadError
-from ..loading import load_part
+from ..loading import load_part, require_parts
 from ..motion.sd3_temporal import SD3TemporalLayers
 from ..text import SD3PromptEncoder
 from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
@@ -81,9 +80,7 @@ def load_text_encoders(folder: Path, dtype, use_t5: bool = True) -> tuple[list, 
 def build(folder: Path, options: LoadOptions) -> Loaded:
     """An SD 3 / 3.5 folder as a video backbone (the `sd3` spec)."""
     start = time.perf_counter()
-    missing = [p for p in PARTS if not (folder / p).is_dir()]
-    if missing:
-        raise LoadError("--model", f"{folder} is not a diffusers SD 3 folder (missing {', '.join(missing)})")
+    require_parts(folder, PARTS, "SD 3")
     dtype = options.dtype
     tokenizers, encoders = load_text_encoders(folder, dtype, options.use_t5)
     transformer = load_part(SD3Transformer2DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)

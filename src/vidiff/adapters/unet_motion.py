@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import LoadError
-from ..loading import load_part
+from ..loading import load_part, require_parts
 from ..motion.animatediff_format import load_motion_adapter
 from ..text import ClipPromptEncoder
 from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
@@ -115,11 +115,7 @@ def _unet(folder: Path, motion_module: str | None, dtype: torch.dtype, motion: b
 def build(folder: Path, options: LoadOptions) -> Loaded:
     """A Stable Diffusion 1.x folder as a video backbone (the `sd1` spec)."""
     start = time.perf_counter()
-    missing = [p for p in PARTS if not (folder / p).is_dir()]
-    if missing:
-        raise LoadError(
-            "--model", f"{folder} is not a diffusers Stable Diffusion folder (missing {', '.join(missing)})"
-        )
+    require_parts(folder, PARTS, "Stable Diffusion")
     dtype, device = options.dtype, options.device
     tokenizer = load_part(CLIPTokenizer.from_pretrained, folder / "tokenizer")
     text_encoder = load_part(CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
