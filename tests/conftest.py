@@ -50,8 +50,11 @@ def latte_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def motion_pipe(sd1_folder, adapter_folder) -> VideoPipeline:
-    """The tiny SD 1.x model with its motion adapter, float32: what the parity, latents and cache tests run."""
-    return VideoPipeline.from_pretrained(str(sd1_folder), motion_module=str(adapter_folder), dtype="float32")
+    """The tiny SD 1.x model with its motion adapter, float32, GroupNorm as diffusers places it (the parity
+    tests compare with diffusers' AnimateDiffPipeline): what the parity, latents and cache tests run."""
+    return VideoPipeline.from_pretrained(
+        str(sd1_folder), motion_module=str(adapter_folder), dtype="float32", groupnorm="diffusers"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,12 @@ import pickle
 import pytest
 import torch
 from conftest import RunsCode, save_original
-from diffusers import MotionAdapter
+from diffusers import MotionAdapter, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 from safetensors.torch import save_file
 
 from vidiff.errors import LoadError
-from vidiff.motion import detect_version, load_motion_adapter, to_original_keys
+from vidiff.motion import detect_version, load_motion_adapter, load_motion_module, to_original_keys
 from vidiff.motion.animatediff_format import adapter_config
 from vidiff.tensor_files import read_state_dict
 from vidiff.tiny import tiny_motion_adapter
@@ -83,3 +83,68 @@ def test_a_pickle_that_needs_code_is_refused_without_running_it(tmp_path):
         with pytest.raises(LoadError, match="needs code to unpickle"):
             load_motion_adapter(p, torch.float32)
     assert not marker.exists()
+
+
+def _layouts(adapter: MotionAdapter, folder) -> dict[str, tuple]:
+    """One module written in every released layout: name -> (path, expected version)."""
+    original = {k: v.clone().contiguous() for k, v in to_original_keys(adapter.state_dict()).items()}
+    no_table = {k: v for k, v in original.items() if not k.endswith("pos_encoder.pe")}
+    spatial = {
+        "down_blocks.0.resnets.0.conv1.weight": torch.randn(32, 32, 3, 3),
+        "conv_in.weight": torch.randn(32, 4, 3, 3),
+    }
+    files = {
+        "original.ckpt": original,
+        "no_table.safetensors": no_table,  # the original code's current layout: the table is not saved
+        "training.ckpt": {"epoch": 3, "global_step": 1200, "state_dict": original},
+        "module_prefix.ckpt": {f"module.{k}": v for k, v in original.items()},
+        "whole_unet.safetensors": original | spatial,
+        "diffusers_keys.safetensors": {k: v.clone().contiguous() for k, v in adapter.state_dict().items()},
+        "fp16.safetensors": {k: v.half() for k, v in original.items()},
+    }
+    for name, state in files.items():
+        if name.endswith(".ckpt"):
+            torch.save(state, folder / name)
+        else:
+            save_file(state, folder / name)
+    return {name: folder / name for name in files}
+
+
+@pytest.mark.parametrize(
+    ("max_frames", "mid_block", "version"), [(32, True, "v2"), (32, False, "v3"), (24, False, "v1")]
+)
+def test_every_released_layout_loads_to_the_same_weights(tmp_path, max_frames, mid_block, version):
+    torch.manual_seed(3)
+    adapter = tiny_motion_adapter(max_frames=max_frames, mid_block=mid_block)
+    want = {k: v for k, v in adapter.state_dict().items() if not k.endswith(".pos_embed.pe")}
+    for name, path in _layouts(adapter, tmp_path).items():
+        module = load_motion_module(path, torch.float32)
+        # without the table a v1 file cannot be told from v3: it is taken as the current code's v3, 32 frames
+        expected = "v3" if name == "no_table.safetensors" and version == "v1" else version
+        assert module.version == expected, name
+        got = module.adapter.state_dict()
+        for key, value in want.items():
+            value = value.half().float() if name.startswith("fp16") else value
+            assert torch.equal(got[key], value), (name, key)
+
+
+def test_v3_with_its_domain_adapter_is_v3_and_the_adapter_is_applied(tmp_path, sd1_folder):
+    from vidiff import VideoPipeline
+
+    torch.manual_seed(4)
+    adapter = tiny_motion_adapter(mid_block=False)
+    layer = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
+    down, up = torch.randn(4, 32), torch.randn(32, 4)
+    lora = {f"{layer}.processor.to_q_lora.down.weight": down, f"{layer}.processor.to_q_lora.up.weight": up}
+    state = {k: v.clone().contiguous() for k, v in to_original_keys(adapter.state_dict()).items()} | lora
+    save_file(state, tmp_path / "v3_with_adapter.safetensors")
+    module = load_motion_module(tmp_path / "v3_with_adapter.safetensors", torch.float32)
+    assert module.version == "v3" and module.domain_adapter.keys() == lora.keys()
+    assert module.describe() == "v3, original layout; domain-adapter LoRA (1 layers)"
+    plain = VideoPipeline.from_pretrained(
+        str(sd1_folder), str(tmp_path / "v3_with_adapter.safetensors"), dtype="float32"
+    )
+    unet2d = UNet2DConditionModel.from_pretrained(sd1_folder / "unet")
+    want = unet2d.get_submodule(f"{layer}.to_q").weight + up @ down
+    got = plain.denoiser.module.get_submodule(f"{layer}.to_q").weight
+    assert torch.allclose(got, want, atol=1e-6)

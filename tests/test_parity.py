@@ -108,7 +108,7 @@ def test_decoded_frames_match_diffusers(ours, reference):
 
 def test_original_single_file_gives_the_same_video(sd1_folder, original_files, ours):
     from_file = VideoPipeline.from_pretrained(
-        str(sd1_folder), motion_module=str(original_files["safetensors"]), dtype="float32"
+        str(sd1_folder), motion_module=str(original_files["safetensors"]), dtype="float32", groupnorm="diffusers"
     )
     a = from_file("a cat", output_type="latent", seed=1, progress=False, **SETTINGS).latents
     b = ours("a cat", output_type="latent", seed=1, progress=False, **SETTINGS).latents

@@ -13,6 +13,7 @@ from .accel.deep_cache import DeepCacheConfig
 from .accel.pab import PABConfig
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .errors import InvalidArgument, RenderInterrupted, VidiffError
+from .motion.groupnorm import MODES as GROUPNORM_MODES
 from .pipeline import MODES
 from .request import GenerationRequest
 from .train.trainer import STAGES
@@ -35,6 +36,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-noise", type=float, default=DEFAULT_FRAME_NOISE, help="sequential: per-frame noise")
     p.add_argument("--frame-batch", type=int, help="sequential: frames per UNet call (default: all)")
     p.add_argument("--no-t5", action="store_true", help="SD 3: skip the T5 encoder (zeros in its place)")
+    p.add_argument("--groupnorm", default="auto", choices=GROUPNORM_MODES,
+                   help="AnimateDiff GroupNorm: as the module was trained (auto), original, diffusers")  # fmt: skip
     p.add_argument("--dtype", default="auto", help="auto (bf16 where native, else float32), float32, bfloat16, float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
 
@@ -177,6 +180,8 @@ def generate(args: argparse.Namespace) -> None:
         raise
     run = result.job
     print(f"loaded {run.model} in {result.timings.load:.1f} s")
+    for note in result.notes:
+        print(note)
     if result.is_latents:
         denoised = run.request.denoising_end or 1.0
         print(f"wrote {result.output} (latents {tuple(result.latents.shape)}, {denoised:.0%} denoised)")
@@ -225,7 +230,9 @@ def eval_demo(args: argparse.Namespace) -> None:
         mode, _, extra = name.partition("+")
         if extra not in ("", "pab", "fast"):
             raise InvalidArgument("--modes", f"unknown suffix +{extra} in {name!r} (+pab or +fast)")
-        pipe = VideoPipeline.from_pretrained(args.model, args.motion_module, args.dtype, args.device, mode)
+        pipe = VideoPipeline.from_pretrained(
+            args.model, args.motion_module, args.dtype, args.device, mode, groupnorm=args.groupnorm
+        )
         if extra == "pab":
             pipe.enable_pab()
         elif extra == "fast":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from torch import Tensor
@@ -42,6 +42,7 @@ class RenderJob:
     frame_noise: float = DEFAULT_FRAME_NOISE
     frame_batch: int | None = None
     use_t5: bool = True
+    groupnorm: str = "auto"  # AnimateDiff GroupNorm: as trained by the original code, or as diffusers runs it
     dtype: str = "auto"
     device: str = "cpu"
     image_seeds: str | None = None  # dgenerate's grammar: "latents: f.pt", "src", "src;mask=m.png", ...
@@ -83,7 +84,7 @@ class RenderJob:
     def pipeline_key(self) -> tuple:
         """Jobs with the same key run on the same loaded pipeline."""
         return (self.model, self.motion_module, self.mode, self.frame_noise, self.frame_batch, self.use_t5,
-                self.dtype, self.device, self.compile_backend)  # fmt: skip
+                self.groupnorm, self.dtype, self.device, self.compile_backend)  # fmt: skip
 
 
 @dataclass
@@ -96,6 +97,7 @@ class RenderResult:
     peak_bytes: int  # highest working memory above the resting level, weights excluded
     frames_written: int = 0  # 0 when latents were written
     reused_pipeline: bool = False
+    notes: list[str] = field(default_factory=list)  # what loading found out (motion-module version, ...)
 
     @property
     def is_latents(self) -> bool:
@@ -137,7 +139,7 @@ class Renderer:
             self.pipe = None  # free the old model before loading the next
             pipe = VideoPipeline.from_pretrained(
                 job.model, job.motion_module, job.dtype, job.device, job.mode, job.frame_noise, job.frame_batch,
-                use_t5=job.use_t5,
+                use_t5=job.use_t5, groupnorm=job.groupnorm,
             )  # fmt: skip
             if job.compile_backend:
                 pipe.compile(job.compile_backend)
@@ -209,7 +211,7 @@ class Renderer:
         if checkpoint is not None or resumed is not None:
             resume_file.unlink(missing_ok=True)  # the run it was keeping is complete
         weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
-        return RenderResult(Path(output), latents, job, pipe.timings, weights, memory.peak, count, reused)
+        return RenderResult(Path(output), latents, job, pipe.timings, weights, memory.peak, count, reused, pipe.notes)
 
 
 def _check_output(output: str | None, overwrite: bool) -> None:

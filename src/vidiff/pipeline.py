@@ -21,6 +21,7 @@ from .errors import InvalidArgument
 from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
+from .motion.groupnorm import MODES as GROUPNORM_MODES
 from .request import GenerationRequest
 from .schedules import (
     add_noise,
@@ -100,6 +101,7 @@ class VideoPipeline:
         self.codec = LatentCodec(loaded.vae, spec.latent_space, spec.frames_per_latent)
         self.default_size = loaded.sample_size * self.codec.spatial  # pixels: the backbone's native latent size
         self.load_seconds = loaded.seconds
+        self.notes = loaded.notes  # what loading found out (detected motion-module version, GroupNorm mode)
         self.accelerators: dict[str, Cache] = {}  # name -> applied accelerator, reset and stepped by the loop
         self.run: Run | None = None  # the last generation
 
@@ -114,6 +116,7 @@ class VideoPipeline:
         frame_noise: float = DEFAULT_FRAME_NOISE,
         frame_batch: int | None = None,
         use_t5: bool = True,
+        groupnorm: str = "auto",
     ) -> VideoPipeline:
         """Any registered backbone's folder (`specs.py`), hub id, `demo` or `tiny-random`, with its temporal
         weights: an AnimateDiff motion module (folder or original single file) for SD 1.x, vidiff temporal
@@ -121,16 +124,23 @@ class VideoPipeline:
 
         `dtype="auto"` is bfloat16 on CPUs with native bf16 and on GPUs, float32 elsewhere (`default_dtype`).
         `mode="sequential"` uses the image backbone alone: frames from shared noise plus `frame_noise`, denoised
-        independently, `frame_batch` frames per call (default: all).
+        independently, `frame_batch` frames per call (default: all). `groupnorm` runs AnimateDiff modules'
+        GroupNorms as the original code trained them ("original"), as diffusers does ("diffusers"), or as the
+        module records ("auto": released modules original, vidiff-trained ones diffusers).
         """
+        if groupnorm not in GROUPNORM_MODES:
+            raise InvalidArgument(
+                "--groupnorm", f"unknown mode {groupnorm!r} (choose from {', '.join(GROUPNORM_MODES)})"
+            )
         if mode not in MODES:
             raise InvalidArgument("--mode", f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
         if frame_batch is not None and frame_batch < 1:
             raise InvalidArgument("--frame-batch", f"must be >= 1, got {frame_batch}")
         torch_device = resolve_device(device)
         options = LoadOptions(
-            resolve_dtype(dtype, torch_device), torch_device, motion_module, mode, frame_noise, frame_batch, use_t5
-        )
+            resolve_dtype(dtype, torch_device), torch_device, motion_module, mode, frame_noise, frame_batch, use_t5,
+            groupnorm,
+        )  # fmt: skip
         folder = resolve_model_folder(model)
         spec = detect(folder)
         return cls(spec, spec.build(folder, options))

@@ -9,8 +9,7 @@ config, so the loop needs nothing else from the adapter.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +33,7 @@ class LoadOptions:
     frame_noise: float = 0.05  # sequential: per-frame perturbation of the shared noise
     frame_batch: int | None = None  # sequential: frames per backbone call
     use_t5: bool = True  # SD 3: load T5 when the folder has it
+    groupnorm: str = "auto"  # AnimateDiff: "original" (as trained), "diffusers", "auto" (what the module records)
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Loaded:
     scheduler_config: dict
     sample_size: int  # the backbone's native latent size
     seconds: float  # wall time spent loading
-    folder: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what loading found out, for the user (detected versions)
 
 
 def per_frame(t: Tensor, batch: int, frames: int) -> Tensor:

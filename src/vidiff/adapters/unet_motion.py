@@ -19,7 +19,9 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import LoadError
 from ..loading import load_part, require_parts
-from ..motion.animatediff_format import load_motion_adapter
+from ..motion.animatediff_format import MotionModule, folder_version, load_motion_module
+from ..motion.groupnorm import resolve_mode, set_groupnorm
+from ..motion.original_lora import merge_original_lora
 from ..text import ClipPromptEncoder
 from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
 from .image_sequential import ImageSequentialDenoiser
@@ -90,26 +92,37 @@ class UNetFramesDenoiser(VideoDenoiser):
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
 
 
-def _unet(folder: Path, motion_module: str | None, dtype: torch.dtype, motion: bool) -> nn.Module:
-    """The UNet with its motion modules merged in, or the image UNet alone (`motion=False`)."""
+def _unet(folder: Path, options: LoadOptions, notes: list[str]) -> nn.Module:
+    """The UNet with its motion modules merged in and its GroupNorms as the module was trained (`groupnorm`),
+    or the image UNet alone in sequential mode."""
+    dtype, motion_module = options.dtype, options.motion_module
     unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
     if motion_module is None and (folder / "motion_adapter").is_dir():
         motion_module = str(folder / "motion_adapter")
-    if not motion:
+    if options.mode != "motion":
         if unet_class == "UNetMotionModel":
             raise LoadError(
                 "--mode", f"{folder}'s UNet has motion modules built in; sequential mode needs an image UNet"
             )
         return load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+    module = load_motion_module(motion_module, dtype) if motion_module is not None else None
     if unet_class == "UNetMotionModel":  # saved by AnimateDiffPipeline: motion modules already inside
         unet = load_part(UNetMotionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
-        if motion_module is not None:
-            unet.load_motion_modules(load_motion_adapter(motion_module, dtype))
-        return unet
-    if motion_module is None:
+        if module is None:
+            module = MotionModule(None, folder_version(dict(unet.config)), "inside the UNet")
+        else:
+            unet.load_motion_modules(module.adapter)
+    elif module is None:
         raise LoadError("--motion-module", f"{folder} has no motion module; pass an AnimateDiff motion module")
-    unet2d = load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
-    return merge_motion_unet(unet2d, load_motion_adapter(motion_module, dtype))
+    else:
+        unet2d = load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+        if module.domain_adapter:  # v3's spatial LoRA, as the original code applies it (scale 1.0)
+            merge_original_lora(unet2d, module.domain_adapter, 1.0, "--motion-module")
+        unet = merge_motion_unet(unet2d, module.adapter)
+    mode = resolve_mode(options.groupnorm, module.version, module.groupnorm)
+    set_groupnorm(unet, mode, module.version)
+    notes.append(f"motion module: {module.describe()}; GroupNorm as in {mode}")
+    return unet
 
 
 def build(folder: Path, options: LoadOptions) -> Loaded:
@@ -121,7 +134,8 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     text_encoder = load_part(CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
     vae = load_part(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
     scheduler_config = dict(load_part(DDIMScheduler.load_config, folder / "scheduler"))
-    unet = _unet(folder, options.motion_module, dtype, motion=options.mode == "motion")
+    notes: list[str] = []
+    unet = _unet(folder, options, notes)
     for module in (text_encoder, vae, unet):
         module.to(device).eval().requires_grad_(False)
     if device.type == "cpu" and dtype == torch.bfloat16:
@@ -131,4 +145,5 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     else:
         denoiser = ImageSequentialDenoiser(UNetFramesDenoiser(unet), options.frame_noise, options.frame_batch)
     encoder = ClipPromptEncoder(tokenizer, text_encoder)
-    return Loaded(encoder, denoiser, vae, scheduler_config, unet.config.sample_size, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Loaded(encoder, denoiser, vae, scheduler_config, unet.config.sample_size, seconds, notes)

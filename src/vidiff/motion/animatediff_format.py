@@ -1,15 +1,23 @@
-"""AnimateDiff motion modules: original single files (v1/v2/v3) <-> diffusers `MotionAdapter`.
+"""AnimateDiff motion modules: every released layout -> diffusers `MotionAdapter`, with version and variant.
 
 Original files name their temporal layers `*.motion_modules.N.temporal_transformer.*` with
-`attention_blocks.{0,1}`, `norms.{0,1}`, `ff_norm` and a stored sinusoid `pos_encoder.pe` (1, max_len, C).
+`attention_blocks.{0,1}`, `norms.{0,1}`, `ff_norm` and, from the releases up to v3, a stored sinusoid
+`pos_encoder.pe` (1, max_len, C); the original code's current version keeps it as a non-persistent buffer,
+so files it writes have none. Accepted around them: a `state_dict` (training checkpoint) or `module`
+wrapper, a `module.` key prefix, a whole-UNet state dict (only `motion_modules.` keys are taken, as the
+original loader does), a v3 module saved with its domain-adapter LoRA (`*.processor.to_q_lora.down.*`
+outside the motion modules), and diffusers-keyed single files (AnimateDiff-Lightning's `*_diffusers`).
 diffusers' own key conversion does the forward direction; the adapter's config is read off the keys, so no
 config file and no network is needed. Versions: v1 has a 24-frame positional table and no mid block; v2 has
-a mid block; v3 has neither a mid block nor a 24-frame table.
+a mid block; v3 has neither a mid block nor a 24-frame table (a file without a table and without a mid
+block is taken as v3, the current code's layout).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,11 +28,15 @@ from torch import nn
 
 from ..errors import LoadError
 from ..tensor_files import read_state_dict
+from .groupnorm import CONFIG_KEY as GROUPNORM_KEY
 
 ARG = "--motion-module"
 PE_KEY = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"
-HEADS = 8  # every released AnimateDiff SD 1.5 module uses 8 temporal attention heads
+# Not in the keys: the original code's VanillaTemporalModule defaults (num_attention_heads=8, and the
+# TemporalTransformer3DModel's norm_num_groups=32), which every released SD 1.5 module was trained with.
+HEADS = 8
 NORM_GROUPS = 32
+DEFAULT_MAX_FRAMES = 32  # the v2/v3 inference configs' temporal_position_encoding_max_len
 _TO_ORIGINAL = [
     (".attn1.", ".attention_blocks.0."),
     (".attn2.", ".attention_blocks.1."),
@@ -40,16 +52,17 @@ def detect_version(state: dict[str, torch.Tensor], name: str = "file") -> str:
         raise LoadError(ARG, f"{name} is not an AnimateDiff motion module (no motion_modules.* weights)")
     if any(k.startswith("controlnet_cond_embedding.") for k in state):
         raise LoadError(ARG, f"{name} is a SparseCtrl model, not a motion module")
-    if PE_KEY not in state:
-        raise LoadError(ARG, f"{name} is not in the original AnimateDiff layout (no {PE_KEY})")
-    if state[PE_KEY].shape[-1] != state["down_blocks.0.motion_modules.0.temporal_transformer.norm.weight"].shape[0]:
+    norm = "down_blocks.0.motion_modules.0.temporal_transformer.norm.weight"
+    if norm not in state:
+        raise LoadError(ARG, f"{name} is not in the original AnimateDiff layout (no {norm})")
+    if PE_KEY in state and state[PE_KEY].shape[-1] != state[norm].shape[0]:
         raise LoadError(ARG, f"{name} has an inconsistent positional table")
     sdxl_key = "up_blocks.2.motion_modules.0.temporal_transformer.norm.weight"
     if sdxl_key in state and state[sdxl_key].shape[-1] == 320 and len(_block_channels(state)) == 3:
         raise LoadError(ARG, f"{name} is an SDXL motion module; vidiff runs SD 1.x motion modules")
     if any(k.startswith("mid_block.") for k in state):
         return "v2"
-    return "v1" if state[PE_KEY].shape[1] == 24 else "v3"
+    return "v1" if PE_KEY in state and state[PE_KEY].shape[1] == 24 else "v3"
 
 
 def _block_channels(state: dict[str, torch.Tensor]) -> list[int]:
@@ -78,7 +91,7 @@ def adapter_config(state: dict[str, torch.Tensor]) -> dict:
         "motion_transformer_layers_per_mid_block": max(mid_layers, 1),
         "motion_num_attention_heads": HEADS,
         "motion_norm_num_groups": NORM_GROUPS,
-        "motion_max_seq_length": state[PE_KEY].shape[1],
+        "motion_max_seq_length": state[PE_KEY].shape[1] if PE_KEY in state else DEFAULT_MAX_FRAMES,
         "use_motion_mid_block": mid_layers > 0,
     }
 
@@ -113,17 +126,66 @@ def to_original_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_motion_adapter(path: str | Path, dtype: torch.dtype) -> MotionAdapter:
-    """A diffusers MotionAdapter folder, or an original single file (.ckpt/.pt/.pth/.safetensors)."""
+@dataclass
+class MotionModule:
+    """A loaded motion module and what was found out about it."""
+
+    adapter: MotionAdapter
+    version: str  # "v1", "v2" or "v3"
+    layout: str  # where it came from, for the user
+    groupnorm: str | None = None  # the GroupNorm mode it records it was trained with; None: not recorded
+    domain_adapter: dict[str, torch.Tensor] = field(default_factory=dict)  # v3's spatial LoRA, if bundled
+
+    def describe(self) -> str:
+        extra = f"; domain-adapter LoRA ({len(self.domain_adapter) // 2} layers)" if self.domain_adapter else ""
+        return f"{self.version}, {self.layout}{extra}"
+
+
+def folder_version(config: dict) -> str:
+    """The version a diffusers MotionAdapter config implies (as its hub conversions are configured)."""
+    if config.get("use_motion_mid_block", True):
+        return "v2"
+    return "v1" if config.get("motion_max_seq_length") == 24 else "v3"
+
+
+def _diffusers_keyed(state: dict[str, torch.Tensor]) -> bool:
+    return any(re.search(r"\.motion_modules\.\d+\.(norm|proj_in|transformer_blocks)\.", k) for k in state)
+
+
+def load_motion_module(path: str | Path, dtype: torch.dtype) -> MotionModule:
+    """A diffusers MotionAdapter folder, or a single file in any released layout (.ckpt/.pt/.pth/.safetensors)."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        config_file = path / "config.json"
+        if not config_file.is_file():
             raise LoadError(ARG, f"{path} is not a diffusers MotionAdapter folder (no config.json)")
         try:
-            return MotionAdapter.from_pretrained(path, torch_dtype=dtype)
+            adapter = MotionAdapter.from_pretrained(path, torch_dtype=dtype)
         except (OSError, ValueError, TypeError) as e:
             raise LoadError(ARG, f"{path} is not a loadable MotionAdapter folder ({e})") from e
+        config = json.loads(config_file.read_text())
+        return MotionModule(adapter, folder_version(config), "diffusers folder", config.get(GROUPNORM_KEY))
     if not path.exists():
         raise LoadError(ARG, f"no such file or folder: {path}")
+    # 1. Unwrap: state_dict / module containers (read_state_dict), a `module.` prefix on every key.
     state = read_state_dict(path, ARG)
-    return nn.Module.to(adapter_from_original(state, path.name), dtype=dtype)  # no fp32-module warning
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    layout = ["original layout"]
+    # 2. LoRAs in AnimateDiff's own layout outside the motion modules: v3's domain adapter.
+    domain = {k: v for k, v in state.items() if "_lora." in k and ".motion_modules." not in k}
+    # 3. The motion modules alone (a whole-UNet or training checkpoint holds more).
+    motion = {k: v for k, v in state.items() if ".motion_modules." in k and "_lora." not in k}
+    if len(motion) < len(state) - len(domain):
+        layout.append("motion part of a whole-UNet checkpoint")
+    if _diffusers_keyed(motion):
+        motion, layout = to_original_keys(motion), ["diffusers keys"]
+    if motion and PE_KEY not in motion:
+        layout.append("no positional table")
+    adapter = adapter_from_original(motion or state, path.name)
+    version = detect_version(motion, path.name)
+    return MotionModule(nn.Module.to(adapter, dtype=dtype), version, ", ".join(layout), None, domain)
+
+
+def load_motion_adapter(path: str | Path, dtype: torch.dtype) -> MotionAdapter:
+    """Just the diffusers MotionAdapter of `load_motion_module`."""
+    return load_motion_module(path, dtype).adapter

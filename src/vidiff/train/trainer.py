@@ -39,6 +39,7 @@ from ..errors import InvalidArgument
 from ..layout import MOTION_ADAPTER, write_model_index
 from ..loading import DTYPES
 from ..motion.animatediff_format import load_motion_adapter
+from ..motion.groupnorm import CONFIG_KEY as GROUPNORM_KEY
 from ..specs import detect
 from .data import open_data
 
@@ -274,6 +275,7 @@ class MotionStage(Stage):
         from diffusers import MotionAdapter
 
         adapter = MotionAdapter.from_config(self.adapter_config)
+        adapter.register_to_config(**{GROUPNORM_KEY: "diffusers"})  # trained through diffusers' UNetMotionModel
         state = self.unet.state_dict()
         adapter.load_state_dict({k: state[k] for k in self.adapter_keys})
         _save(adapter, self.out, dtype)
