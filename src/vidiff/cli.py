@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-sequence-length", type=int, default=256, help="SD 3: T5 tokens")
     gen.add_argument("--beta-schedule", help="override the model's: linear (AnimateDiff's), scaled_linear, ...")
     gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    gen.add_argument("--motion-scale", type=float, default=1.0, help="temporal layers' effect: 0 image only, 1 full")
     gen.add_argument("--fps", type=float, default=8.0)
     gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -226,22 +226,27 @@ class VideoPipeline:
         # 5. The loop.
         self.run = Run(request, scheduler, generator, timesteps, stop, timings)
         start = time.perf_counter()
-        latents = denoise(
-            self.denoiser,
-            scheduler,
-            latents,
-            timesteps,
-            cond,
-            uncond,
-            request.guidance_scale,
-            step_kwargs(scheduler, generator, request.eta),
-            progress=progress,
-            callback=callback,
-            begin=begin,
-            stop=stop,
-            inpaint=inpaint,
-            caches=list(self.accelerators.values()),
-        )
+        handles = self.denoiser.scale_motion(request.motion_scale)
+        try:
+            latents = denoise(
+                self.denoiser,
+                scheduler,
+                latents,
+                timesteps,
+                cond,
+                uncond,
+                request.guidance_scale,
+                step_kwargs(scheduler, generator, request.eta),
+                progress=progress,
+                callback=callback,
+                begin=begin,
+                stop=stop,
+                inpaint=inpaint,
+                caches=list(self.accelerators.values()),
+            )
+        finally:
+            for handle in handles:
+                handle.remove()
         timings.denoise = time.perf_counter() - start
         timings.steps = max(stop - begin, 0)
         timings.frames = request.frames * request.num_videos

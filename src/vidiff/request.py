@@ -40,6 +40,7 @@ class GenerationRequest:
     denoising_start: float | None = None  # fraction of the schedule already done by the input latents
     denoising_end: float | None = None  # stop here and return noisy latents (for another model to finish)
     strength: float = 0.8  # img2img: how much of the schedule re-noises the source
+    motion_scale: float = 1.0  # what the temporal layers add: 0 = the image model alone, 1 = as trained
 
     @property
     def cfg(self) -> bool:
@@ -66,6 +67,8 @@ class GenerationRequest:
         start, end = self.denoising_start, self.denoising_end
         if start is not None and end is not None and start >= end:
             raise InvalidArgument("--denoising-end", "must be greater than --denoising-start")
+        if not 0.0 <= self.motion_scale < float("inf"):
+            raise InvalidArgument("--motion-scale", f"must be a finite number >= 0, got {self.motion_scale}")
         if not 0.0 <= self.strength <= 1.0:
             raise InvalidArgument("--image-seed-strength", f"must be in [0, 1], got {self.strength}")
         if self.scheduler is not None:

@@ -81,6 +81,12 @@ class VideoDenoiser(ABC):
         """latents (B, C, F, h, w), timestep t (scalar, or (B,) in training), cond with batch B -> model output
         (B, C, F, h, w)."""
 
+    def scale_motion(self, scale: float) -> list:
+        """Scale what the temporal layers add (motion scale) until the returned hook handles are removed."""
+        if scale != 1.0:
+            raise InvalidArgument("--motion-scale", "needs AnimateDiff motion modules or vidiff temporal layers")
+        return []
+
     def attention_modules(self) -> dict[str, nn.Module]:
         """Named attention modules that caches (Pyramid Attention Broadcast) may hook: diffusers' Attention."""
         from diffusers.models.attention_processor import Attention

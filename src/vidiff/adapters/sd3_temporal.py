@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from torch import Tensor, nn
 
 from ..loading import load_part, require_parts
+from ..motion.scale import scale_update
 from ..motion.sd3_temporal import SD3TemporalLayers
 from ..text import SD3PromptEncoder
 from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
@@ -42,6 +43,11 @@ class SD3Denoiser(VideoDenoiser):
         if self.temporal is not None:
             found |= {f"temporal.layers.{i}": layer for i, layer in self.temporal.layers.items()}
         return found
+
+    def scale_motion(self, scale: float) -> list:
+        if self.temporal is None:
+            return super().scale_motion(scale)
+        return scale_update(list(self.temporal.layers.values()), scale)
 
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         b, c, f, h, w = latents.shape

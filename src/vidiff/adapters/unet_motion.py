@@ -22,6 +22,7 @@ from ..loading import load_part, require_parts
 from ..motion.animatediff_format import MotionModule, folder_version, load_motion_module
 from ..motion.groupnorm import resolve_mode, set_groupnorm
 from ..motion.original_lora import merge_original_lora
+from ..motion.scale import scale_residual
 from ..text import ClipPromptEncoder
 from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
 from .image_sequential import ImageSequentialDenoiser
@@ -64,6 +65,10 @@ class UNetMotionDenoiser(VideoDenoiser):
     @property
     def module(self) -> nn.Module:
         return self.unet
+
+    def scale_motion(self, scale: float) -> list:
+        motion = [m for name, m in self.unet.named_modules() if name.split(".")[-2:-1] == ["motion_modules"]]
+        return scale_residual(motion, scale)
 
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         frames = latents.shape[2]
