@@ -38,6 +38,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-t5", action="store_true", help="SD 3: skip the T5 encoder (zeros in its place)")
     p.add_argument("--groupnorm", default="auto", choices=GROUPNORM_MODES,
                    help="AnimateDiff GroupNorm: as the module was trained (auto), original, diffusers")  # fmt: skip
+    p.add_argument("--lora", action="append", default=[], dest="loras", metavar="FILE[:SCALE]",
+                   help="LoRA on the image model (kohya/A1111, diffusers, peft), repeatable")  # fmt: skip
+    p.add_argument("--motion-lora", action="append", default=[], dest="motion_loras", metavar="FILE[:SCALE]",
+                   help="LoRA on the motion modules (AnimateDiff v2 motion LoRAs, diffusers), repeatable")  # fmt: skip
     p.add_argument("--dtype", default="auto", help="auto (bf16 where native, else float32), float32, bfloat16, float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
 
@@ -232,8 +236,9 @@ def eval_demo(args: argparse.Namespace) -> None:
         if extra not in ("", "pab", "fast"):
             raise InvalidArgument("--modes", f"unknown suffix +{extra} in {name!r} (+pab or +fast)")
         pipe = VideoPipeline.from_pretrained(
-            args.model, args.motion_module, args.dtype, args.device, mode, groupnorm=args.groupnorm
-        )
+            args.model, args.motion_module, args.dtype, args.device, mode, groupnorm=args.groupnorm,
+            loras=args.loras, motion_loras=args.motion_loras,
+        )  # fmt: skip
         if extra == "pab":
             pipe.enable_pab()
         elif extra == "fast":

@@ -43,6 +43,8 @@ class RenderJob:
     frame_batch: int | None = None
     use_t5: bool = True
     groupnorm: str = "auto"  # AnimateDiff GroupNorm: as trained by the original code, or as diffusers runs it
+    loras: list[str] = field(default_factory=list)  # "FILE" or "FILE:SCALE", on the image model
+    motion_loras: list[str] = field(default_factory=list)  # the same, on the motion modules
     dtype: str = "auto"
     device: str = "cpu"
     image_seeds: str | None = None  # dgenerate's grammar: "latents: f.pt", "src", "src;mask=m.png", ...
@@ -84,7 +86,8 @@ class RenderJob:
     def pipeline_key(self) -> tuple:
         """Jobs with the same key run on the same loaded pipeline."""
         return (self.model, self.motion_module, self.mode, self.frame_noise, self.frame_batch, self.use_t5,
-                self.groupnorm, self.dtype, self.device, self.compile_backend)  # fmt: skip
+                self.groupnorm, tuple(self.loras), tuple(self.motion_loras), self.dtype, self.device,
+                self.compile_backend)  # fmt: skip
 
 
 @dataclass
@@ -139,7 +142,7 @@ class Renderer:
             self.pipe = None  # free the old model before loading the next
             pipe = VideoPipeline.from_pretrained(
                 job.model, job.motion_module, job.dtype, job.device, job.mode, job.frame_noise, job.frame_batch,
-                use_t5=job.use_t5, groupnorm=job.groupnorm,
+                use_t5=job.use_t5, groupnorm=job.groupnorm, loras=job.loras, motion_loras=job.motion_loras,
             )  # fmt: skip
             if job.compile_backend:
                 pipe.compile(job.compile_backend)

@@ -21,6 +21,7 @@ from .errors import InvalidArgument
 from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
+from .lora import Lora
 from .motion.groupnorm import MODES as GROUPNORM_MODES
 from .request import GenerationRequest
 from .schedules import (
@@ -117,6 +118,8 @@ class VideoPipeline:
         frame_batch: int | None = None,
         use_t5: bool = True,
         groupnorm: str = "auto",
+        loras: list[str] = (),
+        motion_loras: list[str] = (),
     ) -> VideoPipeline:
         """Any registered backbone's folder (`specs.py`), hub id, `demo` or `tiny-random`, with its temporal
         weights: an AnimateDiff motion module (folder or original single file) for SD 1.x, vidiff temporal
@@ -126,7 +129,8 @@ class VideoPipeline:
         `mode="sequential"` uses the image backbone alone: frames from shared noise plus `frame_noise`, denoised
         independently, `frame_batch` frames per call (default: all). `groupnorm` runs AnimateDiff modules'
         GroupNorms as the original code trained them ("original"), as diffusers does ("diffusers"), or as the
-        module records ("auto": released modules original, vidiff-trained ones diffusers).
+        module records ("auto": released modules original, vidiff-trained ones diffusers). `loras` and
+        `motion_loras` are "FILE" or "FILE:SCALE" specs, fused into the weights.
         """
         if groupnorm not in GROUPNORM_MODES:
             raise InvalidArgument(
@@ -139,7 +143,8 @@ class VideoPipeline:
         torch_device = resolve_device(device)
         options = LoadOptions(
             resolve_dtype(dtype, torch_device), torch_device, motion_module, mode, frame_noise, frame_batch, use_t5,
-            groupnorm,
+            groupnorm, tuple(Lora.parse(s, "--lora") for s in loras),
+            tuple(Lora.parse(s, "--motion-lora") for s in motion_loras),
         )  # fmt: skip
         folder = resolve_model_folder(model)
         spec = detect(folder)

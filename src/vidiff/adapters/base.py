@@ -34,6 +34,8 @@ class LoadOptions:
     frame_batch: int | None = None  # sequential: frames per backbone call
     use_t5: bool = True  # SD 3: load T5 when the folder has it
     groupnorm: str = "auto"  # AnimateDiff: "original" (as trained), "diffusers", "auto" (what the module records)
+    loras: tuple = ()  # lora.Lora on the image model (UNet and text encoder), fused at load
+    motion_loras: tuple = ()  # lora.Lora on the motion modules
 
 
 @dataclass

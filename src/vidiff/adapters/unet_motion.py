@@ -17,8 +17,9 @@ from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditi
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..errors import LoadError
+from ..errors import InvalidArgument, LoadError
 from ..loading import load_part, require_parts
+from ..lora import apply_loras
 from ..motion.animatediff_format import MotionModule, folder_version, load_motion_module
 from ..motion.groupnorm import resolve_mode, set_groupnorm
 from ..motion.original_lora import merge_original_lora
@@ -141,6 +142,12 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     scheduler_config = dict(load_part(DDIMScheduler.load_config, folder / "scheduler"))
     notes: list[str] = []
     unet = _unet(folder, options, notes)
+    if options.loras:
+        notes += apply_loras(unet, text_encoder, list(options.loras), "--lora")
+    if options.motion_loras:
+        if options.mode != "motion":
+            raise InvalidArgument("--motion-lora", "needs motion modules (not --mode sequential)")
+        notes += apply_loras(unet, None, list(options.motion_loras), "--motion-lora", motion_only=True)
     for module in (text_encoder, vae, unet):
         module.to(device).eval().requires_grad_(False)
     if device.type == "cpu" and dtype == torch.bfloat16:

@@ -19,7 +19,8 @@ LORA_KEY = re.compile(r"(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.down\.wei
 
 
 def is_original_lora(state: dict[str, torch.Tensor]) -> bool:
-    return any(LORA_KEY.fullmatch(k) for k in state)
+    """AnimateDiff's own layout; diffusers' conversions of it carry a `unet.` prefix and go to diffusers."""
+    return any(LORA_KEY.fullmatch(k) for k in state) and not any(k.startswith("unet.") for k in state)
 
 
 def _target(layer: str, proj: str) -> str:

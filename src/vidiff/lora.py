@@ -1,0 +1,114 @@
+"""LoRAs on the image model (`--lora`) and on the motion modules (`--motion-lora`), fused into the weights.
+
+Files in the layouts users have (kohya / A1111 `lora_unet_*` and `lora_te_*` with `alpha`, diffusers, peft,
+diffusers' AnimateDiff motion LoRAs) are read and applied by diffusers' own LoRA loader and peft; the
+original AnimateDiff motion LoRAs (`v2_lora_PanLeft.ckpt` ...) by `motion/original_lora.py`. LoRAs are fused
+at load time (and the peft layers removed), so a step costs what it costs without them; a pipeline with other
+LoRAs is another pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .errors import InvalidArgument, LoadError
+from .motion.original_lora import is_original_lora, merge_original_lora
+from .tensor_files import read_state_dict
+
+OTHER_ARCHITECTURES = (  # key patterns of LoRAs made for other backbones -> what they are for
+    (r"^lora_te2_|^text_encoder_2\.|input_blocks_\d|\.input_blocks\.", "SDXL"),
+    (r"^transformer\.|^lora_transformer_|joint_blocks|context_embedder", "SD 3 / Flux (a DiT)"),
+)
+
+
+@dataclass(frozen=True)
+class Lora:
+    path: str
+    scale: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str, argument: str = "--lora") -> Lora:
+        """'FILE' or 'FILE:SCALE' (a Windows drive letter is not a scale)."""
+        path, sep, scale = spec.rpartition(":")
+        if not sep or "/" in scale or "\\" in scale or Path(spec).is_file():  # no scale (or a drive letter)
+            return cls(spec)
+        try:
+            value = float(scale)
+        except ValueError:
+            raise InvalidArgument(argument, f"scale {scale!r} in {spec!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidArgument(argument, f"scale {scale!r} in {spec!r} is not a finite number")
+        return cls(path, value)
+
+
+def _check_architecture(state: dict, path: str, argument: str) -> None:
+    for pattern, what in OTHER_ARCHITECTURES:
+        if any(re.search(pattern, k) for k in state):
+            raise LoadError(argument, f"{Path(path).name} is a LoRA for {what}; this model is Stable Diffusion 1.x")
+
+
+def _read(lora: Lora, argument: str, motion_only: bool) -> dict:
+    path = Path(lora.path)
+    if not path.is_file():
+        raise LoadError(argument, f"no such file: {path}")
+    state = read_state_dict(path, argument)  # safetensors or a tensor-only pickle, never code
+    if not any("lora" in k.lower() for k in state):
+        raise LoadError(argument, f"{path.name} holds no LoRA weights (no lora_* / *.lora_A / *_lora keys)")
+    _check_architecture(state, lora.path, argument)
+    if motion_only:
+        state = {k: v for k, v in state.items() if "motion_modules" in k}
+        if not state:
+            raise LoadError(argument, f"{path.name} holds no motion-module LoRA layers")
+    return state
+
+
+def apply_loras(
+    unet: nn.Module, text_encoder: nn.Module | None, loras: list[Lora], argument: str, motion_only: bool = False
+) -> list[str]:
+    """Load each LoRA through diffusers/peft into the UNet (and the text encoder), at its scale, then fuse
+    them into the weights and drop the peft layers; `motion_only` keeps only motion-module layers (motion
+    LoRAs). Returns one note per LoRA."""
+    from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
+    from diffusers.loaders.lora_base import fuse_text_encoder_lora
+    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
+
+    notes, names, scales, text_names, text_scales = [], [], [], [], []
+    for i, lora in enumerate(loras):
+        state = _read(lora, argument, motion_only)
+        name = f"vidiff_{i}"
+        if is_original_lora(state):  # AnimateDiff's own layout: merged directly
+            layers = merge_original_lora(unet, state, lora.scale, argument)
+            notes.append(f"{argument} {Path(lora.path).name}: {layers} layers (AnimateDiff layout) at {lora.scale:g}")
+            continue
+        try:
+            converted, alphas = Loader.lora_state_dict(dict(state))
+            before = len(list(unet.modules()))
+            Loader.load_lora_into_unet(converted, alphas, unet=unet, adapter_name=name)
+            names.append(name), scales.append(lora.scale)
+            if text_encoder is not None and any(k.startswith("text_encoder.") for k in converted):
+                Loader.load_lora_into_text_encoder(
+                    converted, alphas, text_encoder=text_encoder, prefix="text_encoder", adapter_name=name
+                )
+                text_names.append(name), text_scales.append(lora.scale)
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise LoadError(
+                argument, f"{Path(lora.path).name} does not fit this model ({str(e).splitlines()[0]})"
+            ) from e
+        if len(list(unet.modules())) == before:
+            raise LoadError(argument, f"{Path(lora.path).name} matched no layer of this model")
+        notes.append(f"{argument} {Path(lora.path).name} at {lora.scale:g}")
+    if names:
+        unet.set_adapters(names, weights=scales)
+        unet.fuse_lora(lora_scale=1.0, adapter_names=names)
+        unet.unload_lora()
+    if text_names:
+        set_weights_and_activate_adapters(text_encoder, text_names, text_scales)
+        fuse_text_encoder_lora(text_encoder, lora_scale=1.0, adapter_names=text_names)
+        from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+        recurse_remove_peft_layers(text_encoder)
+    return notes
