@@ -15,6 +15,7 @@ from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .errors import InvalidArgument, RenderInterrupted, VidiffError
 from .motion.groupnorm import MODES as GROUPNORM_MODES
 from .pipeline import MODES
+from .presets import PRESETS
 from .request import GenerationRequest
 from .train.trainer import STAGES
 
@@ -58,10 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--frames", type=int, help="default: 16, or the frames of --image-seeds latents")
     gen.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's)")
     gen.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's)")
-    gen.add_argument("--steps", type=int, default=25)
-    gen.add_argument("--guidance-scale", type=float, default=7.5)
+    gen.add_argument("--steps", type=int, help="default: 25, or the preset's")
+    gen.add_argument("--guidance-scale", type=float, help="default: 7.5, or the preset's")
+    gen.add_argument(
+        "--preset", choices=PRESETS, help="few-step modules: lightning (AnimateDiff-Lightning), animatelcm"
+    )
+    gen.add_argument("--timestep-spacing", help="override the scheduler's: leading, trailing, linspace")
     gen.add_argument("--seed", type=int, help="default: random, printed at the end")
-    gen.add_argument("--scheduler", help="ddim (SD 1.x), euler, euler-a, dpm++2m, pndm, lms, ddpm; flow-euler (SD 3)")
+    gen.add_argument(
+        "--scheduler", help="ddim (SD 1.x), euler, euler-a, dpm++2m, pndm, lms, ddpm, lcm; flow-euler (SD 3)"
+    )
     gen.add_argument("--prompt-2", help="SD 3: the CLIP-G prompt (default: the prompt)")
     gen.add_argument("--prompt-3", help="SD 3: the T5 prompt (default: the prompt)")
     gen.add_argument("--max-sequence-length", type=int, default=256, help="SD 3: T5 tokens")

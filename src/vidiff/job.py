@@ -26,6 +26,7 @@ from .latents_io import is_latents_path, load_latents, save_latents
 from .loading import resolve_device, resolve_dtype
 from .memory import PeakMemory, weight_bytes
 from .pipeline import Timings, VideoPipeline
+from .presets import apply_preset
 from .request import GenerationRequest
 
 RESUME_SUFFIX = ".resume.safetensors"
@@ -47,6 +48,7 @@ class RenderJob:
     motion_loras: list[str] = field(default_factory=list)  # the same, on the motion modules
     dtype: str = "auto"
     device: str = "cpu"
+    preset: str | None = None  # few-step settings ("lightning", "animatelcm") for what the request leaves open
     image_seeds: str | None = None  # dgenerate's grammar: "latents: f.pt", "src", "src;mask=m.png", ...
     pab: PABConfig | None = None
     deep_cache: DeepCacheConfig | None = None
@@ -164,6 +166,7 @@ class Renderer:
         resumed = None
         if job.resume is not None:
             job, resumed = load_resume(job.resume, job)
+        job, notes = apply_preset(job)
         job.request.validate()
         seed = parse_image_seed(job.image_seeds) if job.image_seeds is not None else None
         if seed is not None and seed.latents is not None and resumed is not None:
@@ -214,7 +217,8 @@ class Renderer:
         if checkpoint is not None or resumed is not None:
             resume_file.unlink(missing_ok=True)  # the run it was keeping is complete
         weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
-        return RenderResult(Path(output), latents, job, pipe.timings, weights, memory.peak, count, reused, pipe.notes)
+        notes = notes + pipe.notes
+        return RenderResult(Path(output), latents, job, pipe.timings, weights, memory.peak, count, reused, notes)
 
 
 def _check_output(output: str | None, overwrite: bool) -> None:

@@ -200,7 +200,9 @@ class VideoPipeline:
         )
         timings.encode = time.perf_counter() - start
         # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
-        scheduler = make_scheduler(request.scheduler, self.scheduler_config, request.beta_schedule)
+        scheduler = make_scheduler(
+            request.scheduler, self.scheduler_config, request.beta_schedule, request.timestep_spacing
+        )
         shape = self.codec.latent_shape(request.num_videos, request.frames, request.height, request.width)
         timesteps = timesteps_for(scheduler, request.steps, self.device, tokens=shape[-2] * shape[-1] // 4)
         train_steps = scheduler.config.num_train_timesteps

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
-from .schedules import BETA_SCHEDULES, FLOW_SCHEDULERS, SCHEDULERS, scheduler_class
+from .schedules import BETA_SCHEDULES, FLOW_SCHEDULERS, SCHEDULERS, TIMESTEP_SPACINGS, scheduler_class
 
 if TYPE_CHECKING:
     from .specs import BackboneSpec
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 FLOW_CLASSES = tuple(SCHEDULERS[name] for name in FLOW_SCHEDULERS)
 
 DEFAULT_FRAMES = 16
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5
 SIZE_MULTIPLE = 8  # pixels per latent cell in every supported VAE
 
 
@@ -30,11 +32,12 @@ class GenerationRequest:
     frames: int | None = None  # None: DEFAULT_FRAMES, or the frames of the latents started from
     height: int | None = None  # None: the model's native size
     width: int | None = None
-    steps: int = 25
-    guidance_scale: float = 7.5  # classifier-free guidance is on when > 1, as in diffusers
+    steps: int | None = None  # None: DEFAULT_STEPS, or the preset's
+    guidance_scale: float | None = None  # None: DEFAULT_GUIDANCE, or the preset's; CFG is on when > 1
     seed: int | None = None  # None: a fresh random seed, recorded in the resolved request
     scheduler: str | None = None  # None: the backbone's default (ddim for SD 1.x, flow-euler for SD 3)
     beta_schedule: str | None = None  # None: the model folder's own
+    timestep_spacing: str | None = None  # None: the model folder's own ("trailing" for few-step modules)
     eta: float = 0.0  # DDIM's eta; ignored by other schedulers
     num_videos: int = 1
     denoising_start: float | None = None  # fraction of the schedule already done by the input latents
@@ -44,19 +47,20 @@ class GenerationRequest:
 
     @property
     def cfg(self) -> bool:
-        return self.guidance_scale > 1.0
+        return (self.guidance_scale if self.guidance_scale is not None else DEFAULT_GUIDANCE) > 1.0
 
     def validate(self) -> None:
         """Checks that need no model."""
         if self.frames is not None:
             _positive("--frames", self.frames)
-        _positive("--steps", self.steps)
+        if self.steps is not None:
+            _positive("--steps", self.steps)
         _positive("--num-videos", self.num_videos)
         for flag, value in (("--height", self.height), ("--width", self.width)):
             if value is not None and (value <= 0 or value % SIZE_MULTIPLE):
                 raise InvalidArgument(flag, f"must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
-        if self.guidance_scale < 0:
-            raise InvalidArgument("--guidance-scale", f"must be >= 0, got {self.guidance_scale}")
+        if self.guidance_scale is not None and not 0 <= self.guidance_scale < float("inf"):
+            raise InvalidArgument("--guidance-scale", f"must be a finite number >= 0, got {self.guidance_scale}")
         if not 0.0 <= self.eta <= 1.0:
             raise InvalidArgument("--eta", f"must be in [0, 1], got {self.eta}")
         if self.seed is not None and not 0 <= self.seed < 2**63:
@@ -74,6 +78,10 @@ class GenerationRequest:
         if self.scheduler is not None:
             scheduler_class(self.scheduler)
         _positive("--max-sequence-length", self.max_sequence_length)
+        if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise InvalidArgument(
+                "--timestep-spacing", f"unknown spacing {self.timestep_spacing!r} ({', '.join(TIMESTEP_SPACINGS)})"
+            )
         if self.beta_schedule is not None and self.beta_schedule not in BETA_SCHEDULES:
             raise InvalidArgument(
                 "--beta-schedule",
@@ -94,6 +102,8 @@ class GenerationRequest:
         return replace(
             self,
             frames=self.frames or DEFAULT_FRAMES,
+            steps=self.steps or DEFAULT_STEPS,
+            guidance_scale=DEFAULT_GUIDANCE if self.guidance_scale is None else self.guidance_scale,
             height=self.height or default_size,
             width=self.width or default_size,
             seed=secrets.randbelow(2**31) if self.seed is None else self.seed,

@@ -15,6 +15,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
 )
@@ -30,11 +31,13 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "pndm": PNDMScheduler,
     "lms": LMSDiscreteScheduler,
     "ddpm": DDPMScheduler,
+    "lcm": LCMScheduler,  # latent consistency: AnimateLCM's
     "flow-euler": FlowMatchEulerDiscreteScheduler,  # flow matching: SD 3's
 }
 FLOW_SCHEDULERS = ("flow-euler",)
 DIFFUSION_SCHEDULERS = tuple(name for name in SCHEDULERS if name not in FLOW_SCHEDULERS)  # SD 1.x's
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 DEFAULT_SCHEDULER = "ddim"
 # Scheduler attributes that change while stepping (DPM-Solver, LMS and PNDM histories, step counters).
 SCHEDULER_STATE = (
@@ -45,6 +48,7 @@ SCHEDULER_STATE = (
     "last_sample",
     "ets",
     "counter",
+    "_denoised",  # LCM
     "cur_model_output",
     "cur_sample",
     "derivatives",
@@ -63,10 +67,15 @@ def scheduler_class(name: str) -> type[SchedulerMixin]:
     raise InvalidArgument("--scheduler", f"unknown scheduler {name!r} (choose from {choices})")
 
 
-def make_scheduler(name: str, config: dict[str, Any], beta_schedule: str | None = None) -> SchedulerMixin:
-    """Build scheduler `name` from a model folder's scheduler config, optionally overriding its beta schedule."""
+def make_scheduler(
+    name: str, config: dict[str, Any], beta_schedule: str | None = None, timestep_spacing: str | None = None
+) -> SchedulerMixin:
+    """Build scheduler `name` from a model folder's scheduler config, optionally overriding its beta schedule
+    and its timestep spacing."""
     cls = scheduler_class(name)
     overrides: dict[str, Any] = {}
+    if timestep_spacing is not None:
+        overrides["timestep_spacing"] = timestep_spacing
     if beta_schedule is not None:
         if beta_schedule not in BETA_SCHEDULES:
             raise InvalidArgument(
