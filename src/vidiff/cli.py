@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="model folder, hub id, or 'demo' (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="folder, single-file checkpoint, hub id, or demo (default)")
     p.add_argument("--motion-module", help="AnimateDiff motion module: MotionAdapter folder or .ckpt/.safetensors")
     p.add_argument("--mode", default="motion", choices=MODES, help="motion modules, or frame by frame (sequential)")
     p.add_argument("--frame-noise", type=float, default=DEFAULT_FRAME_NOISE, help="sequential: per-frame noise")
@@ -43,6 +43,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="LoRA on the image model (kohya/A1111, diffusers, peft), repeatable")  # fmt: skip
     p.add_argument("--motion-lora", action="append", default=[], dest="motion_loras", metavar="FILE[:SCALE]",
                    help="LoRA on the motion modules (AnimateDiff v2 motion LoRAs, diffusers), repeatable")  # fmt: skip
+    p.add_argument("--vae", help="replace the model's VAE: a diffusers folder or an original .safetensors/.ckpt")
     p.add_argument("--dtype", default="auto", help="auto (bf16 where native, else float32), float32, bfloat16, float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
 
@@ -244,7 +245,7 @@ def eval_demo(args: argparse.Namespace) -> None:
             raise InvalidArgument("--modes", f"unknown suffix +{extra} in {name!r} (+pab or +fast)")
         pipe = VideoPipeline.from_pretrained(
             args.model, args.motion_module, args.dtype, args.device, mode, groupnorm=args.groupnorm,
-            loras=args.loras, motion_loras=args.motion_loras,
+            loras=args.loras, motion_loras=args.motion_loras, vae=args.vae,
         )  # fmt: skip
         if extra == "pab":
             pipe.enable_pab()

@@ -46,6 +46,7 @@ class RenderJob:
     groupnorm: str = "auto"  # AnimateDiff GroupNorm: as trained by the original code, or as diffusers runs it
     loras: list[str] = field(default_factory=list)  # "FILE" or "FILE:SCALE", on the image model
     motion_loras: list[str] = field(default_factory=list)  # the same, on the motion modules
+    vae: str | None = None  # replace the model's VAE (a diffusers folder or an original-layout file)
     dtype: str = "auto"
     device: str = "cpu"
     preset: str | None = None  # few-step settings ("lightning", "animatelcm") for what the request leaves open
@@ -88,7 +89,7 @@ class RenderJob:
     def pipeline_key(self) -> tuple:
         """Jobs with the same key run on the same loaded pipeline."""
         return (self.model, self.motion_module, self.mode, self.frame_noise, self.frame_batch, self.use_t5,
-                self.groupnorm, tuple(self.loras), tuple(self.motion_loras), self.dtype, self.device,
+                self.groupnorm, tuple(self.loras), tuple(self.motion_loras), self.vae, self.dtype, self.device,
                 self.compile_backend)  # fmt: skip
 
 
@@ -145,6 +146,7 @@ class Renderer:
             pipe = VideoPipeline.from_pretrained(
                 job.model, job.motion_module, job.dtype, job.device, job.mode, job.frame_noise, job.frame_batch,
                 use_t5=job.use_t5, groupnorm=job.groupnorm, loras=job.loras, motion_loras=job.motion_loras,
+                vae=job.vae,
             )  # fmt: skip
             if job.compile_backend:
                 pipe.compile(job.compile_backend)

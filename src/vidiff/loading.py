@@ -18,6 +18,8 @@ TINY_RANDOM = "tiny-random"
 DEMO = "demo"
 AUTO = "auto"  # the dtype: see default_dtype
 DEMO_FOLDER = Path(__file__).resolve().parent / "demo" / "tiny-t2v"
+CLIP_TOKENIZER = DEMO_FOLDER / "tokenizer"  # the real CLIP vocabulary (49,408 tokens), for single files
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -103,7 +105,11 @@ def resolve_model_folder(model: str) -> Path:
         return BUILTIN_MODELS[model]()
     path = Path(model).expanduser()
     if path.is_file():
-        raise LoadError("--model", f"{path} is a file; pass a diffusers model folder (single files are not supported)")
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise LoadError(
+                "--model", f"{path} is not a model folder or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+            )
+        return path  # a single-file checkpoint
     if path.is_dir():
         return path
     if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith((".", "/")):
@@ -127,8 +133,13 @@ def load_part(load, path: Path, **kwargs):
 
 
 def load_vae(model: str, dtype: torch.dtype, device: torch.device) -> AutoencoderKL:
-    """Just the VAE of a model folder (to decode saved latents)."""
+    """Just the VAE of a model folder or single-file checkpoint (to decode saved latents)."""
     folder = resolve_model_folder(model)
+    if folder.is_file():
+        from .single_file import load_vae as from_checkpoint
+        from .tensor_files import read_state_dict
+
+        return from_checkpoint(read_state_dict(folder, "--model"), dtype).to(device)
     if not (folder / "vae").is_dir():
         raise LoadError("--model", f"{folder} has no vae/ folder")
     vae = load_part(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)

@@ -120,6 +120,7 @@ class VideoPipeline:
         groupnorm: str = "auto",
         loras: list[str] = (),
         motion_loras: list[str] = (),
+        vae: str | None = None,
     ) -> VideoPipeline:
         """Any registered backbone's folder (`specs.py`), hub id, `demo` or `tiny-random`, with its temporal
         weights: an AnimateDiff motion module (folder or original single file) for SD 1.x, vidiff temporal
@@ -130,7 +131,7 @@ class VideoPipeline:
         independently, `frame_batch` frames per call (default: all). `groupnorm` runs AnimateDiff modules'
         GroupNorms as the original code trained them ("original"), as diffusers does ("diffusers"), or as the
         module records ("auto": released modules original, vidiff-trained ones diffusers). `loras` and
-        `motion_loras` are "FILE" or "FILE:SCALE" specs, fused into the weights.
+        `motion_loras` are "FILE" or "FILE:SCALE" specs, fused into the weights; `vae` replaces the VAE.
         """
         if groupnorm not in GROUPNORM_MODES:
             raise InvalidArgument(
@@ -144,7 +145,7 @@ class VideoPipeline:
         options = LoadOptions(
             resolve_dtype(dtype, torch_device), torch_device, motion_module, mode, frame_noise, frame_batch, use_t5,
             groupnorm, tuple(Lora.parse(s, "--lora") for s in loras),
-            tuple(Lora.parse(s, "--motion-lora") for s in motion_loras),
+            tuple(Lora.parse(s, "--motion-lora") for s in motion_loras), vae,
         )  # fmt: skip
         folder = resolve_model_folder(model)
         spec = detect(folder)

@@ -94,6 +94,8 @@ UNSUPPORTED = {"StableDiffusionXLPipeline": "SDXL", "FluxPipeline": "Flux"}
 def detect(folder: Path) -> BackboneSpec:
     """The spec of a model folder: by its model_index.json's pipeline class, else by its marker sub-folder,
     else Stable Diffusion 1.x (whose build says what is missing)."""
+    if folder.is_file():  # a single-file checkpoint: Stable Diffusion 1.x (its reader names anything else)
+        return SPECS["sd1"]
     index = folder / "model_index.json"
     name = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
     if name in UNSUPPORTED:

@@ -36,6 +36,7 @@ class LoadOptions:
     groupnorm: str = "auto"  # AnimateDiff: "original" (as trained), "diffusers", "auto" (what the module records)
     loras: tuple = ()  # lora.Lora on the image model (UNet and text encoder), fused at load
     motion_loras: tuple = ()  # lora.Lora on the motion modules
+    vae: str | None = None  # replace the model's VAE: a diffusers folder or an original-layout file
 
 
 @dataclass

@@ -88,8 +88,8 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     """An SD 3 / 3.5 folder as a video backbone (the `sd3` spec)."""
     start = time.perf_counter()
     require_parts(folder, PARTS, "SD 3")
-    if options.loras or options.motion_loras:
-        raise InvalidArgument("--lora", "LoRAs are applied to Stable Diffusion 1.x models only, for now")
+    if options.loras or options.motion_loras or options.vae:
+        raise InvalidArgument("--lora", "LoRAs and --vae apply to Stable Diffusion 1.x models only, for now")
     dtype = options.dtype
     tokenizers, encoders = load_text_encoders(folder, dtype, options.use_t5)
     transformer = load_part(SD3Transformer2DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)

@@ -18,12 +18,13 @@ from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..errors import InvalidArgument, LoadError
-from ..loading import load_part, require_parts
+from ..loading import CLIP_TOKENIZER, load_part, require_parts
 from ..lora import apply_loras
 from ..motion.animatediff_format import MotionModule, folder_version, load_motion_module
 from ..motion.groupnorm import resolve_mode, set_groupnorm
 from ..motion.original_lora import merge_original_lora
 from ..motion.scale import scale_residual
+from ..tensor_files import read_state_dict
 from ..text import ClipPromptEncoder
 from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
 from .image_sequential import ImageSequentialDenoiser
@@ -98,19 +99,21 @@ class UNetFramesDenoiser(VideoDenoiser):
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
 
 
-def _unet(folder: Path, options: LoadOptions, notes: list[str]) -> nn.Module:
+def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.Module | None) -> nn.Module:
     """The UNet with its motion modules merged in and its GroupNorms as the module was trained (`groupnorm`),
-    or the image UNet alone in sequential mode."""
+    or the image UNet alone in sequential mode. `image_unet`: already loaded (from a single file)."""
     dtype, motion_module = options.dtype, options.motion_module
-    unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
-    if motion_module is None and (folder / "motion_adapter").is_dir():
-        motion_module = str(folder / "motion_adapter")
+    unet_class = "UNet2DConditionModel"
+    if image_unet is None:
+        unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
+        if motion_module is None and (folder / "motion_adapter").is_dir():
+            motion_module = str(folder / "motion_adapter")
     if options.mode != "motion":
         if unet_class == "UNetMotionModel":
             raise LoadError(
                 "--mode", f"{folder}'s UNet has motion modules built in; sequential mode needs an image UNet"
             )
-        return load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+        return image_unet or load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
     module = load_motion_module(motion_module, dtype) if motion_module is not None else None
     if unet_class == "UNetMotionModel":  # saved by AnimateDiffPipeline: motion modules already inside
         unet = load_part(UNetMotionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
@@ -121,7 +124,7 @@ def _unet(folder: Path, options: LoadOptions, notes: list[str]) -> nn.Module:
     elif module is None:
         raise LoadError("--motion-module", f"{folder} has no motion module; pass an AnimateDiff motion module")
     else:
-        unet2d = load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+        unet2d = image_unet or load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
         if module.domain_adapter:  # v3's spatial LoRA, as the original code applies it (scale 1.0)
             merge_original_lora(unet2d, module.domain_adapter, 1.0, "--motion-module")
         unet = merge_motion_unet(unet2d, module.adapter)
@@ -131,17 +134,45 @@ def _unet(folder: Path, options: LoadOptions, notes: list[str]) -> nn.Module:
     return unet
 
 
-def build(folder: Path, options: LoadOptions) -> Loaded:
-    """A Stable Diffusion 1.x folder as a video backbone (the `sd1` spec)."""
+def _replacement_vae(path: str, dtype: torch.dtype) -> AutoencoderKL:
+    """`--vae`: a diffusers VAE folder, or a single file in the original layout (e.g. vae-ft-mse-840000)."""
+    from .. import single_file
+
+    if Path(path).is_dir():
+        return load_part(AutoencoderKL.from_pretrained, Path(path), torch_dtype=dtype)
+    return single_file.load_vae(read_state_dict(path, "--vae"), dtype, "--vae")
+
+
+def build(source: Path, options: LoadOptions) -> Loaded:
+    """A Stable Diffusion 1.x folder or single-file checkpoint as a video backbone (the `sd1` spec)."""
+    from .. import single_file
+
     start = time.perf_counter()
-    require_parts(folder, PARTS, "Stable Diffusion")
     dtype, device = options.dtype, options.device
-    tokenizer = load_part(CLIPTokenizer.from_pretrained, folder / "tokenizer")
-    text_encoder = load_part(CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
-    vae = load_part(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
-    scheduler_config = dict(load_part(DDIMScheduler.load_config, folder / "scheduler"))
     notes: list[str] = []
-    unet = _unet(folder, options, notes)
+    if source.is_file():  # CompVis / A1111 / Civitai layout: everything in one file
+        checkpoint = single_file.read_checkpoint(source)
+        tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER)
+        text_encoder = single_file.load_text_encoder(checkpoint, dtype)
+        vae = single_file.load_vae(checkpoint, dtype) if options.vae is None else None
+        image_unet = single_file.load_unet(checkpoint, dtype)
+        scheduler_config = dict(single_file.SD1_SCHEDULER)
+        del checkpoint
+        notes.append(f"single-file checkpoint: UNet {tuple(image_unet.config.block_out_channels)}, "
+                     f"{image_unet.config.in_channels} input channels")  # fmt: skip
+    else:
+        require_parts(source, PARTS, "Stable Diffusion")
+        tokenizer = load_part(CLIPTokenizer.from_pretrained, source / "tokenizer")
+        text_encoder = load_part(CLIPTextModel.from_pretrained, source / "text_encoder", dtype=dtype)
+        vae = (
+            load_part(AutoencoderKL.from_pretrained, source / "vae", torch_dtype=dtype) if options.vae is None else None
+        )
+        scheduler_config = dict(load_part(DDIMScheduler.load_config, source / "scheduler"))
+        image_unet = None
+    if options.vae is not None:
+        vae = _replacement_vae(options.vae, dtype)
+        notes.append(f"VAE from {options.vae}")
+    unet = _unet(source, options, notes, image_unet)
     if options.loras:
         notes += apply_loras(unet, text_encoder, list(options.loras), "--lora")
     if options.motion_loras:
