@@ -26,3 +26,26 @@ def test_bench_rows_and_json(tmp_path, capsys):
 def test_bench_bad_rows_is_one_line(tmp_path, capsys):
     assert main(["bench", "--size", "tiny", "--cache", str(tmp_path / "w"), "--rows", "diffusers,nope"]) == 2
     assert capsys.readouterr().err.startswith("vidiff: error: --rows: choose from")
+
+
+def test_optional_rows(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--size",
+        "tiny",
+        "--cache",
+        str(tmp_path / "w"),
+        "--frames",
+        "2",
+        "--height",
+        "32",
+        "--width",
+        "32",
+    ]
+    args += ["--steps", "3", "--rounds", "1", "--rows", "default,lightning,lora,lora-unfused", "--json", str(out)]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "lightning: " in table and "LoRA per step: fused" in table
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["default", "lightning", "lora", "lora-unfused"]

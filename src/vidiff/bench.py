@@ -1,7 +1,10 @@
 """Benchmark: vidiff vs diffusers' AnimateDiffPipeline on the same weights, alternating in one process.
 
 Rows: diffusers in its default dtype (float32), vidiff in that same dtype, vidiff's default dtype (`auto`:
-bfloat16 on CPUs with native bf16), and that plus Pyramid Attention Broadcast (with DeepCache on UNets).
+bfloat16 on CPUs with native bf16), and that with `--fast` (PAB + DeepCache on UNets). Optional rows:
+`lightning` (the `--preset lightning` settings at `--lightning-steps`, whatever `--steps` says), and
+`lora` / `lora-unfused` (a random rank-16 LoRA on every spatial attention projection, fused into the
+weights as vidiff loads it, or left as live peft layers).
 Every row runs once as a warm-up (one step), then the rows take turns for `--rounds` rounds, and each
 figure is the median over rounds. Per-step seconds are the denoising time over the steps (PAB makes steps
 unequal), VAE seconds the decode, total the whole call (prompt encoding to uint8 frames, loading apart).
@@ -27,6 +30,8 @@ from .memory import PeakMemory, weight_bytes
 
 PROMPT = "a red circle moving right"
 ROWS = ("diffusers", "same-dtype", "default", "fast")
+OPTIONAL_ROWS = ("lightning", "lora", "lora-unfused")
+LORA_RANK = 16
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--baseline-dtype", default="float32", help="diffusers' dtype, and vidiff's in the same-dtype row")
     p.add_argument("--rounds", type=int, default=2, help="measured rounds after the warm-up")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS + OPTIONAL_ROWS)}")
+    p.add_argument("--lightning-steps", type=int, default=4, help="steps of the lightning row")
     p.add_argument("--decode-chunk-size", type=int, default=8)
     p.add_argument("--cache", help="where the random weights are kept (default: ~/.cache/vidiff/bench-SIZE)")
     p.add_argument("--json", help="also write the results here")
@@ -125,17 +131,20 @@ def _settings(a: argparse.Namespace) -> dict:
     return dict(frames=a.frames, height=a.height, width=a.width, guidance_scale=a.guidance_scale, seed=0)
 
 
-def vidiff_row(name: str, label: str, pipe, a, fast: bool = False) -> Row:
+def vidiff_row(name: str, label: str, pipe, a, fast: bool = False, steps: int | None = None, **settings) -> Row:
+    """A vidiff row; `steps` fixes the row's step count (else the call's), `settings` override the request."""
     from .request import GenerationRequest
 
     weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
+    fixed = steps
 
     def call(steps: int) -> Measure:
         if fast:
             pipe.enable_fast()
         with PeakMemory(pipe.device) as mem:
             start = time.perf_counter()
-            request = pipe.resolve(GenerationRequest(PROMPT, steps=steps, **_settings(a)))
+            options = _settings(a) | settings | {"steps": fixed or steps}
+            request = pipe.resolve(GenerationRequest(PROMPT, **options))
             latents = pipe.generate_latents(request, progress=False)  # (1, C, F, h, w)
             for _ in pipe.decode(latents[0], a.decode_chunk_size):
                 pass
@@ -200,6 +209,26 @@ def diffusers_row(folder: str, motion: str | None, dtype: str, a) -> Row:
     return Row("diffusers", "diffusers", dtype, call)
 
 
+def random_lora(folder: str, cache: Path) -> Path:
+    """A kohya-layout LoRA of rank LORA_RANK on every spatial attention projection of `folder`'s UNet."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    path = cache / f"bench-lora-r{LORA_RANK}-{Path(folder).name}.safetensors"
+    if path.is_file():
+        return path
+    unet = UNet2DConditionModel.from_pretrained(Path(folder) / "unet")
+    g, state = torch.Generator().manual_seed(0), {}
+    for name, layer in unet.named_modules():
+        if name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v") or name.endswith("to_out.0"):
+            key = "lora_unet_" + name.replace(".", "_")
+            state[f"{key}.lora_down.weight"] = torch.randn(LORA_RANK, layer.in_features, generator=g) * 0.01
+            state[f"{key}.lora_up.weight"] = torch.randn(layer.out_features, LORA_RANK, generator=g) * 0.01
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, path)
+    return path
+
+
 def run(a: argparse.Namespace) -> list[Row]:
     """Load every row, warm each up, alternate them for `rounds`, print the table (and write --json)."""
     from .errors import InvalidArgument
@@ -208,11 +237,11 @@ def run(a: argparse.Namespace) -> list[Row]:
 
     # 1. Check the arguments, then find or build the weights.
     wanted = [r.strip() for r in a.rows.split(",") if r.strip()]
-    if not wanted or any(r not in ROWS for r in wanted):
-        raise InvalidArgument("--rows", f"choose from {', '.join(ROWS)}, got {a.rows!r}")
-    for flag in ("steps", "rounds", "frames"):
+    if not wanted or any(r not in ROWS + OPTIONAL_ROWS for r in wanted):
+        raise InvalidArgument("--rows", f"choose from {', '.join(ROWS + OPTIONAL_ROWS)}, got {a.rows!r}")
+    for flag in ("steps", "rounds", "frames", "lightning_steps"):
         if getattr(a, flag) < 1:
-            raise InvalidArgument(f"--{flag}", f"must be >= 1, got {getattr(a, flag)}")
+            raise InvalidArgument(f"--{flag.replace('_', '-')}", f"must be >= 1, got {getattr(a, flag)}")
     device = resolve_device(a.device)
     resolve_dtype(a.baseline_dtype, device)
     default = str(resolve_dtype("auto", device)).removeprefix("torch.")
@@ -221,19 +250,34 @@ def run(a: argparse.Namespace) -> list[Row]:
     # 2. Load the rows; vidiff rows of one dtype share a pipeline (PAB is switched on per call).
     pipes: dict[str, VideoPipeline] = {}
 
-    def vidiff(dtype: str) -> VideoPipeline:
-        key = str(resolve_dtype(dtype, device))
+    def vidiff(dtype: str, lora: str = "") -> VideoPipeline:
+        key = f"{resolve_dtype(dtype, device)} {lora}"
         if key not in pipes:
-            pipes[key] = VideoPipeline.from_pretrained(folder, motion, dtype=dtype, device=a.device)
+            loras = [str(random_lora(folder, Path(a.cache or tempfile.gettempdir())))] if lora else []
+            pipes[key] = VideoPipeline.from_pretrained(
+                folder, motion, dtype=dtype, device=a.device, loras=loras, fuse_loras=lora != "unfused"
+            )
         return pipes[key]
+
+    lightning = {"scheduler": "euler", "timestep_spacing": "trailing", "beta_schedule": "linear", "guidance_scale": 1.0}
 
     makers = {
         "diffusers": lambda: diffusers_row(folder, motion, a.baseline_dtype, a),
         "same-dtype": lambda: vidiff_row("same-dtype", "vidiff same dtype", vidiff(a.baseline_dtype), a),
         "default": lambda: vidiff_row("default", "vidiff default", vidiff("auto"), a),
         "fast": lambda: vidiff_row("fast", "vidiff default + fast", vidiff("auto"), a, fast=True),
+        "lightning": lambda: vidiff_row(
+            "lightning",
+            f"lightning, {a.lightning_steps} steps",
+            vidiff("auto"),
+            a,
+            steps=a.lightning_steps,
+            **lightning,
+        ),
+        "lora": lambda: vidiff_row("lora", "LoRA fused", vidiff("auto", "fused"), a),
+        "lora-unfused": lambda: vidiff_row("lora-unfused", "LoRA unfused (peft)", vidiff("auto", "unfused"), a),
     }
-    rows = [makers[name]() for name in ROWS if name in wanted]
+    rows = [makers[name]() for name in ROWS + OPTIONAL_ROWS if name in wanted]
     # 3. Warm up (one step each), then take turns.
     for row in rows:
         row.call(1)
@@ -273,3 +317,10 @@ def report(rows: list[Row], a: argparse.Namespace, default: str) -> None:
             f"--fast: {by['default'].median('step_s') / by['fast'].median('step_s'):.2f}x faster per step than "
             f"vidiff default; relative L2 of final latents vs --fast off: {((on - off).norm() / off.norm()).item():.4f}"
         )
+    if "default" in by and "lightning" in by:
+        d, lt = by["default"].median("total_s"), by["lightning"].median("total_s")
+        print(f"lightning: {lt:.1f} s per video vs {d:.1f} s for vidiff default at {a.steps} steps ({d / lt:.1f}x)")
+    if "lora" in by and "lora-unfused" in by:
+        fused, live = by["lora"].median("step_s"), by["lora-unfused"].median("step_s")
+        plain = f", {by['default'].median('step_s'):.2f} without a LoRA" if "default" in by else ""
+        print(f"LoRA per step: fused {fused:.2f} s, unfused {live:.2f} s{plain}")

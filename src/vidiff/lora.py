@@ -67,7 +67,12 @@ def _read(lora: Lora, argument: str, motion_only: bool) -> dict:
 
 
 def apply_loras(
-    unet: nn.Module, text_encoder: nn.Module | None, loras: list[Lora], argument: str, motion_only: bool = False
+    unet: nn.Module,
+    text_encoder: nn.Module | None,
+    loras: list[Lora],
+    argument: str,
+    motion_only: bool = False,
+    fuse: bool = True,
 ) -> list[str]:
     """Load each LoRA through diffusers/peft into the UNet (and the text encoder), at its scale, then fuse
     them into the weights and drop the peft layers; `motion_only` keeps only motion-module layers (motion
@@ -103,10 +108,14 @@ def apply_loras(
         notes.append(f"{argument} {Path(lora.path).name} at {lora.scale:g}")
     if names:
         unet.set_adapters(names, weights=scales)
+    if text_names:
+        set_weights_and_activate_adapters(text_encoder, text_names, text_scales)
+    if not fuse:  # live peft layers (to measure what fusing saves)
+        return notes
+    if names:
         unet.fuse_lora(lora_scale=1.0, adapter_names=names)
         unet.unload_lora()
     if text_names:
-        set_weights_and_activate_adapters(text_encoder, text_names, text_scales)
         fuse_text_encoder_lora(text_encoder, lora_scale=1.0, adapter_names=text_names)
         from diffusers.utils.peft_utils import recurse_remove_peft_layers
 

@@ -121,6 +121,7 @@ class VideoPipeline:
         loras: list[str] = (),
         motion_loras: list[str] = (),
         vae: str | None = None,
+        fuse_loras: bool = True,
     ) -> VideoPipeline:
         """Any registered backbone's folder (`specs.py`), hub id, `demo` or `tiny-random`, with its temporal
         weights: an AnimateDiff motion module (folder or original single file) for SD 1.x, vidiff temporal
@@ -145,7 +146,7 @@ class VideoPipeline:
         options = LoadOptions(
             resolve_dtype(dtype, torch_device), torch_device, motion_module, mode, frame_noise, frame_batch, use_t5,
             groupnorm, tuple(Lora.parse(s, "--lora") for s in loras),
-            tuple(Lora.parse(s, "--motion-lora") for s in motion_loras), vae,
+            tuple(Lora.parse(s, "--motion-lora") for s in motion_loras), vae, fuse_loras,
         )  # fmt: skip
         folder = resolve_model_folder(model)
         spec = detect(folder)

@@ -37,6 +37,7 @@ class LoadOptions:
     loras: tuple = ()  # lora.Lora on the image model (UNet and text encoder), fused at load
     motion_loras: tuple = ()  # lora.Lora on the motion modules
     vae: str | None = None  # replace the model's VAE: a diffusers folder or an original-layout file
+    fuse_loras: bool = True  # False keeps live peft layers (the benchmark's unfused row)
 
 
 @dataclass

@@ -174,7 +174,7 @@ def build(source: Path, options: LoadOptions) -> Loaded:
         notes.append(f"VAE from {options.vae}")
     unet = _unet(source, options, notes, image_unet)
     if options.loras:
-        notes += apply_loras(unet, text_encoder, list(options.loras), "--lora")
+        notes += apply_loras(unet, text_encoder, list(options.loras), "--lora", fuse=options.fuse_loras)
     if options.motion_loras:
         if options.mode != "motion":
             raise InvalidArgument("--motion-lora", "needs motion modules (not --mode sequential)")
