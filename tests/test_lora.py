@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import RunsCode
 from diffusers import AnimateDiffPipeline, MotionAdapter
 from helpers import cli
 from safetensors.torch import save_file
@@ -116,6 +117,8 @@ def test_bad_loras_are_one_line(tmp_path, sd1_folder, original_files, files, cap
     )
     save_file({"conv_in.weight": torch.zeros(1)}, tmp_path / "not_lora.safetensors")
     (tmp_path / "cut.safetensors").write_bytes(files["style"].read_bytes()[:200])
+    marker = tmp_path / "ran"
+    torch.save({"lora_unet_x.lora_down.weight": RunsCode(marker)}, tmp_path / "evil.ckpt")
     model = ["--model", str(sd1_folder), "--motion-module", str(original_files["ckpt"])]
     for lora, text in [
         (f"{tmp_path / 'xl.safetensors'}", "is a LoRA for SDXL"),
@@ -123,10 +126,11 @@ def test_bad_loras_are_one_line(tmp_path, sd1_folder, original_files, files, cap
         (f"{files['style']}:strong", "scale 'strong'"),
         (f"{files['style']}:1e999", "not a finite number"),
         (f"{tmp_path / 'cut.safetensors'}", "not a readable safetensors file"),
+        (f"{tmp_path / 'evil.ckpt'}", "needs code to unpickle and was refused"),
     ]:
         assert (
             cli("generate", "x", *model, "--lora", lora, "--steps", "1", "--frames", "2", "-o", tmp_path / "o.gif") == 2
         )
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "--lora" in err and text in err, err
-    assert not (tmp_path / "o.gif").exists()
+    assert not (tmp_path / "o.gif").exists() and not marker.exists()
