@@ -168,7 +168,8 @@ class Renderer:
         resumed = None
         if job.resume is not None:
             job, resumed = load_resume(job.resume, job)
-        job, notes = apply_preset(job)
+        request, loras, notes = apply_preset(job.preset, job.request, job.loras, job.motion_module)
+        job = replace(job, request=request, loras=loras)
         job.request.validate()
         seed = parse_image_seed(job.image_seeds) if job.image_seeds is not None else None
         if seed is not None and seed.latents is not None and resumed is not None:

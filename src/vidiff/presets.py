@@ -15,13 +15,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
 from .lora import Lora
-
-if TYPE_CHECKING:
-    from .job import RenderJob
+from .request import GenerationRequest
 
 LIGHTNING_STEPS = (1, 2, 4, 8)
 
@@ -48,16 +45,18 @@ def module_steps(motion_module: str | None) -> int | None:
     return int(match.group(1)) if match and int(match.group(1)) in LIGHTNING_STEPS else None
 
 
-def apply_preset(job: RenderJob) -> tuple[RenderJob, list[str]]:
-    """The job with its preset's settings where it left them open, and a note of what was set."""
-    if job.preset is None:
-        return job, []
-    if job.preset not in PRESETS:
-        raise InvalidArgument("--preset", f"unknown preset {job.preset!r} (choose from {', '.join(PRESETS)})")
-    preset, request = PRESETS[job.preset], job.request
+def apply_preset(
+    name: str | None, request: GenerationRequest, loras: list[str], motion_module: str | None
+) -> tuple[GenerationRequest, list[str], list[str]]:
+    """The request and LoRA specs with preset `name`'s settings where they were left open, and a note."""
+    if name is None:
+        return request, loras, []
+    if name not in PRESETS:
+        raise InvalidArgument("--preset", f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
+    preset, given = PRESETS[name], loras
     steps, source = preset.steps, "preset"
     if steps is None:
-        named = module_steps(job.motion_module)
+        named = module_steps(motion_module)
         steps, source = (named, "module name") if named else (4, "default")
     wanted = {
         "scheduler": preset.scheduler,
@@ -67,13 +66,12 @@ def apply_preset(job: RenderJob) -> tuple[RenderJob, list[str]]:
         "steps": steps,
     }
     filled = {k: v for k, v in wanted.items() if v is not None and getattr(request, k) is None}
-    loras = job.loras
     if preset.lora_scale is not None:
-        loras = [s if Lora.parse(s).path != s else f"{s}:{preset.lora_scale:g}" for s in job.loras]
+        loras = [s if Lora.parse(s).path != s else f"{s}:{preset.lora_scale:g}" for s in loras]
     said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in filled.items())
     if "steps" in filled:
         said += f" (from the {source})"
-    if loras != job.loras:
+    if loras != given:
         said += f", LoRA scale {preset.lora_scale:g}"
-    note = f"preset {job.preset}: " + (said or "nothing left to set (every option was given)")
-    return replace(job, request=replace(request, **filled), loras=loras), [note]
+    note = f"preset {name}: " + (said or "nothing left to set (every option was given)")
+    return replace(request, **filled), loras, [note]
