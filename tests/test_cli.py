@@ -115,7 +115,7 @@ def test_bad_model_folders_and_motion_modules(tmp_path, sd1_folder, capsys):
     save_file({"conv_in.weight": torch.zeros(1)}, fake_module)
     cases = [
         (["--model", str(not_a_model)], "--model", "not a diffusers Stable Diffusion folder"),
-        (["--model", str(fake_module)], "--model", "is a file"),
+        (["--model", str(fake_module)], "--model", "not a Stable Diffusion checkpoint"),  # single files load now
         (
             ["--model", str(sd1_folder), "--motion-module", str(fake_module)],
             "--motion-module",
