@@ -87,7 +87,7 @@ def test_png_folder_with_frames_needs_overwrite(tmp_path, model_args):
         (["--model", "/nonexistent/model"], "--model", "no such folder"),
         (["--height", "60"], "--height", "multiple of 8"),
         (["--width", "0"], "--width", "multiple of 8"),
-        (["--frames", "33"], "--frames", "positional table of 32"),
+        (["--frames", "33", "--context-length", "33"], "--frames", "positional table of 32"),  # a window too long
         (["--scheduler", "heun-ish"], "--scheduler", "unknown scheduler"),
         (["--dtype", "float8"], "--dtype", "unknown dtype"),
         (["--dtype", "float16"], "--dtype", "not supported on cpu"),

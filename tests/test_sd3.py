@@ -100,7 +100,8 @@ def test_save_load_round_trip_and_bad_inputs(seq, tmp_path, sd3_folder):
     )
     assert pipe("a cat", **OPTS).latents.shape == (1, 16, 3, 8, 8)
     with pytest.raises(InvalidArgument, match="9 frames exceed the motion module's positional table of 8"):
-        pipe("a cat", **{**OPTS, "frames": 9})
+        pipe("a cat", **{**OPTS, "frames": 9, "context_length": 9})  # a window longer than the table
+    assert pipe("a cat", **{**OPTS, "frames": 9}).latents.shape == (1, 16, 9, 8, 8)  # windows of 8 past the table
     pipe.denoiser.temporal.detach()
     SD3TemporalLayers(64, 4, [0]).save(tmp_path / "wide.safetensors")
     with pytest.raises(LoadError, match="temporal layers of width 64; this transformer is 32 wide"):

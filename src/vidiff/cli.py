@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .accel.deep_cache import DeepCacheConfig
 from .accel.pab import PABConfig
+from .adapters.context import FUSES, NOISES, SCHEDULES
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .errors import InvalidArgument, RenderInterrupted, VidiffError
 from .motion.groupnorm import MODES as GROUPNORM_MODES
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-sequence-length", type=int, default=256, help="SD 3: T5 tokens")
     gen.add_argument("--beta-schedule", help="override the model's: linear (AnimateDiff's), scaled_linear, ...")
     gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
+    gen.add_argument("--context-length", type=int, help="frames per context window (default 16 past the table)")
+    gen.add_argument("--context-overlap", type=int, default=4, help="frames neighbouring windows share")
+    gen.add_argument("--context-stride", type=int, help="frames between window starts (instead of the overlap)")
+    gen.add_argument("--context-schedule", default="uniform", choices=SCHEDULES, help="window placement")
+    gen.add_argument("--loop", action="store_const", const="looped", dest="context_schedule", help="seamless loop")
+    gen.add_argument("--context-fuse", default="pyramid", choices=FUSES, help="weights of overlapping frames")
+    gen.add_argument("--noise-type", default="random", choices=NOISES, help="FreeNoise: shuffle, repeat, random")
     gen.add_argument("--motion-scale", type=float, default=1.0, help="temporal layers' effect: 0 image only, 1 full")
     gen.add_argument("--fps", type=float, default=8.0)
     gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")

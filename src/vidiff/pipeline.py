@@ -13,7 +13,8 @@ from torch import Tensor
 
 from .accel.deep_cache import DeepCacheConfig, apply_deep_cache
 from .accel.pab import PABConfig, apply_pab
-from .adapters.base import Loaded, LoadOptions
+from .adapters.base import Loaded, LoadOptions, VideoDenoiser
+from .adapters.context import DEFAULT_LENGTH, ContextOptions, ContextWindowDenoiser
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .codec import LatentCodec
 from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
@@ -164,8 +165,25 @@ class VideoPipeline:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Validate a request against this model and fill in its size and seed."""
         request = request.resolved(self.default_size, self.spec)
-        self.denoiser.check_frames(self.codec.latent_frames(request.frames))
+        self.denoiser_for(request).check_frames(self.codec.latent_frames(request.frames))
         return request
+
+    def denoiser_for(self, request: GenerationRequest) -> VideoDenoiser:
+        """The backbone, wrapped in context windows when asked for or when the video is longer than its table."""
+        table = self.denoiser.max_frames
+        frames = self.codec.latent_frames(request.frames or 1)
+        noise = request.noise_type != "random"
+        if request.context_length is None and not noise and (table is None or frames <= table):
+            return self.denoiser
+        if not self.spec.context_windows or table is None:
+            raise InvalidArgument("--context-length", f"context windows need a temporal backbone that can vary its "
+                                  f"frame count (this {self.spec.name} model cannot)")  # fmt: skip
+        options = ContextOptions(
+            length=request.context_length or min(DEFAULT_LENGTH, table), stride=request.context_stride,
+            overlap=request.context_overlap, schedule=request.context_schedule, fuse=request.context_fuse,
+            noise=request.noise_type,
+        )  # fmt: skip
+        return ContextWindowDenoiser(self.denoiser, options)
 
     def resolve_source(
         self,
@@ -211,7 +229,8 @@ class VideoPipeline:
         begin, stop = schedule_slice(timesteps, train_steps, request.denoising_start, request.denoising_end)
         # 3. Noise from a CPU generator (same seed, same video on every device), drawn whatever the start.
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        noise = self.denoiser.initial_noise(shape, generator, self.device, self.denoiser.dtype)  # (B, C, F, h, w)
+        denoiser = self.denoiser_for(request)
+        noise = denoiser.initial_noise(shape, generator, self.device, self.denoiser.dtype)  # (B, C, F, h, w)
         # 4. Starting latents: resumed from a file, an img2img source re-noised, or pure noise.
         source_latents = self.encode(source.frames) if source.frames is not None else None  # (1, C, F, h, w)
         restored = False
@@ -238,7 +257,7 @@ class VideoPipeline:
         handles = self.denoiser.scale_motion(request.motion_scale)
         try:
             latents = denoise(
-                self.denoiser,
+                denoiser,
                 scheduler,
                 latents,
                 timesteps,

@@ -44,6 +44,12 @@ class GenerationRequest:
     denoising_end: float | None = None  # stop here and return noisy latents (for another model to finish)
     strength: float = 0.8  # img2img: how much of the schedule re-noises the source
     motion_scale: float = 1.0  # what the temporal layers add: 0 = the image model alone, 1 = as trained
+    context_length: int | None = None  # context windows of this many frames (None: on at 16 past the table)
+    context_overlap: int = 4  # frames neighbouring windows share
+    context_stride: int | None = None  # frames between window starts (diffusers' context_stride); None: overlap
+    context_schedule: str = "uniform"  # uniform | looped | static
+    context_fuse: str = "pyramid"  # flat | pyramid | gauss
+    noise_type: str = "random"  # FreeNoise initial noise: random | shuffle | repeat
 
     @property
     def cfg(self) -> bool:

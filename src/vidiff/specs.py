@@ -37,6 +37,7 @@ class BackboneSpec:
     deep_cache: bool = False  # a UNet: DeepCache can reuse its inner blocks
     fast: tuple[str, ...] = ("pab",)  # the accelerators `--fast` turns on, best measured combination first
     frames_per_latent: int = 1  # pixel frames per latent frame (a video VAE that compresses time: 4)
+    context_windows: bool = True  # long videos as overlapping windows (needs a frame count the model can vary)
 
 
 SPECS: dict[str, BackboneSpec] = {
@@ -85,6 +86,7 @@ SPECS: dict[str, BackboneSpec] = {
                 (r"transformer_blocks\.\d+\.attn1$", "spatial"),
                 (r"transformer_blocks\.\d+\.attn2$", "cross"),
             ),
+            context_windows=False,  # its temporal position table is added whole: exactly video_length frames
         ),
     )
 }

@@ -1,0 +1,138 @@
+"""Context windows: videos longer than the temporal layers' table, as overlapping windows fused per frame.
+
+A wrapper over any temporal backbone adapter (ComfyUI-AnimateDiff-Evolved's context options): each step,
+the backbone predicts every window of `length` frames on its own and the predictions are averaged per
+frame with a weight that favours the window's centre. The loop, caches (PAB and DeepCache cache per call
+position, so per window), latents interchange and resume see one ordinary denoiser.
+
+- schedules: `uniform` (windows every `stride` frames, the last one ending on the last frame), `looped`
+  (windows wrap from the end to the start, for seamless loops), `static` (back to back, the last one
+  moved to end on the last frame).
+- fuse weights: `flat` (1), `pyramid` (rising to the window's centre), `gauss` (a Gaussian around it).
+- FreeNoise initial noise (Qiu et al. 2023): `shuffle` draws noise for every frame, then gives each later
+  block of `stride` frames a shuffle of the frames one window before it (as diffusers' `shuffle_context`
+  does), so windows share their noise; `repeat` repeats the first window's noise; `random` draws each
+  frame's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor, nn
+
+from ..errors import InvalidArgument
+from .base import Conditioning, VideoDenoiser
+
+SCHEDULES = ("uniform", "looped", "static")
+FUSES = ("flat", "pyramid", "gauss")
+NOISES = {"random": "random", "shuffle": "shuffle", "shuffle_context": "shuffle", "repeat": "repeat",
+          "repeat_context": "repeat"}  # fmt: skip
+DEFAULT_LENGTH = 16  # what the released motion modules were trained on
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    length: int = DEFAULT_LENGTH
+    stride: int | None = None  # frames between window starts; None: length - overlap
+    overlap: int = 4
+    schedule: str = "uniform"
+    fuse: str = "pyramid"
+    noise: str = "random"
+
+    @property
+    def step(self) -> int:
+        return self.stride if self.stride is not None else self.length - self.overlap
+
+    def validate(self) -> None:
+        if self.length < 1:
+            raise InvalidArgument("--context-length", f"must be >= 1, got {self.length}")
+        if self.stride is None and not 0 <= self.overlap < self.length:
+            raise InvalidArgument("--context-overlap", f"must be in [0, {self.length}), got {self.overlap}")
+        if self.stride is not None and not 1 <= self.stride <= self.length:
+            raise InvalidArgument("--context-stride", f"must be in [1, {self.length}], got {self.stride}")
+        checks = (("--context-schedule", self.schedule, SCHEDULES), ("--context-fuse", self.fuse, FUSES),
+                  ("--noise-type", self.noise, NOISES))  # fmt: skip
+        for flag, value, allowed in checks:
+            if value not in allowed:
+                raise InvalidArgument(flag, f"unknown {value!r} (choose from {', '.join(allowed)})")
+
+
+def windows(frames: int, length: int, stride: int, schedule: str = "uniform") -> list[list[int]]:
+    """Frame indices of each window; one window of every frame when the video fits."""
+    if frames <= length:
+        return [list(range(frames))]
+    if schedule == "looped":
+        return [[(s + i) % frames for i in range(length)] for s in range(0, frames, stride)]
+    step = length if schedule == "static" else stride
+    starts = list(range(0, frames - length + 1, step))
+    if starts[-1] + length < frames:
+        starts.append(frames - length)  # the last window ends on the last frame
+    return [list(range(s, s + length)) for s in starts]
+
+
+def fuse_weights(length: int, fuse: str) -> Tensor:
+    """Per-frame weight inside a window (length,)."""
+    i = torch.arange(length, dtype=torch.float32)
+    if fuse == "flat":
+        return torch.ones(length)
+    if fuse == "pyramid":
+        return torch.minimum(i + 1, length - i)
+    centre, sigma = (length - 1) / 2, max(length / 4, 1.0)
+    return torch.exp(-((i - centre) ** 2) / (2 * sigma**2))
+
+
+class ContextWindowDenoiser(VideoDenoiser):
+    """Wraps a temporal denoiser: windows of `options.length` frames, fused per frame."""
+
+    max_frames = None
+
+    def __init__(self, inner: VideoDenoiser, options: ContextOptions) -> None:
+        options.validate()
+        self.inner, self.options = inner, options
+        self.latent_channels = inner.latent_channels
+
+    @property
+    def module(self) -> nn.Module:
+        return self.inner.module
+
+    def check_frames(self, frames: int) -> None:
+        self.inner.check_frames(min(frames, self.options.length))
+
+    def attention_modules(self) -> dict[str, nn.Module]:
+        return self.inner.attention_modules()
+
+    def scale_motion(self, scale: float) -> list:
+        return self.inner.scale_motion(scale)
+
+    def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator, device, dtype) -> Tensor:
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, F, h, w)
+        frames, length, stride = shape[2], self.options.length, self.options.step
+        kind = NOISES[self.options.noise]
+        if kind == "repeat":
+            return noise[:, :, torch.arange(frames) % length]
+        if kind == "shuffle":
+            for i in range(length, frames, stride):
+                start = max(0, i - length)
+                end = min(frames, start + stride)
+                order = torch.arange(start, end)[torch.randperm(end - start, generator=generator)]
+                take = order[: min(frames, i + len(order)) - i]
+                noise[:, :, i : i + len(take)] = noise[:, :, take]
+        return noise
+
+    def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        frames = latents.shape[2]
+        o = self.options
+        if frames <= o.length:
+            return self.inner.predict(latents, t, cond)
+        out = torch.zeros_like(latents)  # (B, C, F, h, w)
+        total = torch.zeros(frames, dtype=latents.dtype, device=latents.device)  # (F,)
+        weight = fuse_weights(o.length, o.fuse).to(latents.device, latents.dtype)  # (L,)
+        for window in windows(frames, o.length, o.step, o.schedule):
+            idx = torch.tensor(window, device=latents.device)
+            part = self.inner.predict(latents[:, :, idx], t, cond)  # (B, C, L, h, w)
+            out.index_add_(2, idx, part * weight[None, None, :, None, None])
+            total.index_add_(0, idx, weight)
+        return out / total[None, None, :, None, None]
