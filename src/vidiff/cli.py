@@ -18,9 +18,10 @@ from .motion.groupnorm import MODES as GROUPNORM_MODES
 from .pipeline import MODES
 from .presets import PRESETS
 from .request import GenerationRequest
-from .train.trainer import STAGES
+from .travel import parse_travel
 
 DEFAULT_MODEL = "demo"
+TRAVEL = ("prompt_travel", "negative_prompt_travel")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("-o", "--output", help="out.gif | out.mp4 | out.webp | folder/ for PNG frames")
     _add_model_args(gen)
     gen.add_argument("--negative-prompt", default="")
+    gen.add_argument("--prompt-travel", help='"0: a cat sitting | 32: a cat running" or a JSON file {frame: prompt}')
+    gen.add_argument("--negative-prompt-travel", help="the same for the negative prompt")
+    gen.add_argument("--travel-interpolation", default="linear", help="between keyframes: linear or slerp")
     gen.add_argument("--frames", type=int, help="default: 16, or the frames of --image-seeds latents")
     gen.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's)")
     gen.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's)")
@@ -116,22 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--overwrite", action="store_true")
 
     tr = sub.add_parser("train", help="train an image model or motion modules (AnimateDiff's two stages)")
-    tr.add_argument("stage", choices=STAGES, help="vae, image (UNet + text encoder), or motion")
-    tr.add_argument("--model", required=True, help="SD 1.x folder: trained in place (vae, image) or frozen (motion)")
-    tr.add_argument("--data", default="demo", help="'demo' (synthetic shapes) or a folder of captioned videos")
-    tr.add_argument("--out", help="motion stage: MotionAdapter folder to write (default: MODEL/motion_adapter)")
-    tr.add_argument("--steps", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int, default=16)
-    tr.add_argument("--lr", type=float, help="default: 1e-3 for vae, 5e-4 otherwise")
-    tr.add_argument("--frames", type=int, default=16)
-    tr.add_argument("--size", type=int, default=64, help="training resolution in pixels")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--checkpoint-every", type=int, default=200)
-    tr.add_argument("--save-dtype", default="float32", help="dtype of the exported weights")
-    tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    tr.add_argument("--family", choices=("sd1", "sd3"), help="architecture of a new demo-sized model (default sd1)")
-    tr.add_argument("--keyframe-share", type=float, default=0.0, help="image stage: share of first frames drawn")
-    tr.add_argument("--text-lr-scale", type=float, default=1.0, help="image stage: text lr factor (0: frozen)")
+    from .train.trainer import add_arguments as train_arguments
+
+    train_arguments(tr)
 
     ev = sub.add_parser("eval-demo", help="colour / shape / direction accuracy of a model on the demo prompts")
     _add_model_args(ev)
@@ -168,9 +159,11 @@ def job_from_args(args: argparse.Namespace):
     """The render job `vidiff generate` describes (with --resume: the checkpoint's job, to this output)."""
     from .job import RenderJob
 
-    if args.resume is None and args.prompt is None:
-        raise InvalidArgument("prompt", "required (or --resume a checkpoint)")
-    given = _fields(args, GenerationRequest, prompt=args.prompt or "", strength=args.image_seed_strength)
+    travel = {k: parse_travel(getattr(args, k), f"--{k.replace('_', '-')}") for k in TRAVEL if getattr(args, k)}
+    if args.resume is None and args.prompt is None and not travel:
+        raise InvalidArgument("prompt", "required (or --prompt-travel, or --resume a checkpoint)")
+    first = travel["prompt_travel"][min(travel["prompt_travel"])] if "prompt_travel" in travel else ""
+    given = _fields(args, GenerationRequest, prompt=args.prompt or first, strength=args.image_seed_strength, **travel)
     span = tuple(args.pab_range)
     return RenderJob(
         **_fields(args, RenderJob, request=GenerationRequest(**given), use_t5=not args.no_t5),

@@ -17,6 +17,7 @@ from .adapters.base import Loaded, LoadOptions, VideoDenoiser
 from .adapters.context import DEFAULT_LENGTH, ContextOptions, ContextWindowDenoiser
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .codec import LatentCodec
+from .conditioning import Conditioning
 from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
 from .image_seeds import ImageSeed
@@ -37,6 +38,7 @@ from .schedules import (
 )
 from .sources import Source, resolve_source
 from .specs import BackboneSpec, detect
+from .travel import interpolate
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 MODES = ("motion", "sequential")  # all frames denoised together through motion modules | frame by frame
@@ -210,14 +212,7 @@ class VideoPipeline:
         timings = Timings(load=self.load_seconds)
         # 1. Encode the prompt (and the negative prompt for classifier-free guidance).
         start = time.perf_counter()
-        n = request.num_videos
-        cond, uncond = self.prompt_encoder.encode_pair(
-            [request.prompt] * n,
-            [request.negative_prompt] * n if request.cfg else None,
-            prompts_2=[request.prompt_2] * n if request.prompt_2 is not None else None,
-            prompts_3=[request.prompt_3] * n if request.prompt_3 is not None else None,
-            max_sequence_length=request.max_sequence_length,
-        )
+        cond, uncond = self._encode(request)
         timings.encode = time.perf_counter() - start
         # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
         scheduler = make_scheduler(
@@ -279,6 +274,31 @@ class VideoPipeline:
         timings.steps = max(stop - begin, 0)
         timings.frames = request.frames * request.num_videos
         return latents
+
+    def _encode(self, request: GenerationRequest) -> tuple[Conditioning, Conditioning | None]:
+        """(cond, uncond or None): per video, or per frame where a prompt travels. The negative prompt goes to
+        every text encoder (diffusers' default for negative_prompt_2 and _3)."""
+        n, length = request.num_videos, {"max_sequence_length": request.max_sequence_length}
+        extra = dict(length, prompts_2=[request.prompt_2] * n if request.prompt_2 is not None else None,
+                     prompts_3=[request.prompt_3] * n if request.prompt_3 is not None else None)  # fmt: skip
+        if request.prompt_travel is None and request.negative_prompt_travel is None:
+            negatives = [request.negative_prompt] * n if request.cfg else None
+            return self.prompt_encoder.encode_pair([request.prompt] * n, negatives, **extra)
+
+        def encode(prompt: str, travel: dict[int, str] | None, options: dict) -> Conditioning:
+            if travel is None:
+                return self.prompt_encoder([prompt] * n, **options)
+            keyed = {f: self.prompt_encoder([p] * n, **options) for f, p in travel.items()}
+            how, frames = request.travel_interpolation, request.frames
+            embeds = interpolate({f: c.embeds for f, c in keyed.items()}, frames, how)  # (B, F, L, D)
+            pooled = None
+            if next(iter(keyed.values())).pooled is not None:
+                pooled = interpolate({f: c.pooled for f, c in keyed.items()}, frames, how)  # (B, F, P)
+            return Conditioning(embeds, pooled)
+
+        cond = encode(request.prompt, request.prompt_travel, extra)
+        uncond = encode(request.negative_prompt, request.negative_prompt_travel, length) if request.cfg else None
+        return cond, uncond
 
     def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
         """torch.compile the backbone in place; `backend` is any registered torch.compile backend, which is

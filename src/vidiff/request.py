@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
 from .schedules import BETA_SCHEDULES, FLOW_SCHEDULERS, SCHEDULERS, TIMESTEP_SPACINGS, scheduler_class
+from .travel import INTERPOLATIONS, check_travel
 
 if TYPE_CHECKING:
     from .specs import BackboneSpec
@@ -50,6 +51,15 @@ class GenerationRequest:
     context_schedule: str = "uniform"  # uniform | looped | static
     context_fuse: str = "pyramid"  # flat | pyramid | gauss
     noise_type: str = "random"  # FreeNoise initial noise: random | shuffle | repeat
+    prompt_travel: dict[int, str] | None = None  # {frame: prompt}: the prompt changes over the frames
+    negative_prompt_travel: dict[int, str] | None = None
+    travel_interpolation: str = "linear"  # or "slerp"
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_travel", "negative_prompt_travel"):  # JSON keys are strings
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, {int(k): v for k, v in value.items()})
 
     @property
     def cfg(self) -> bool:
@@ -79,6 +89,8 @@ class GenerationRequest:
             raise InvalidArgument("--denoising-end", "must be greater than --denoising-start")
         if not 0.0 <= self.motion_scale < float("inf"):
             raise InvalidArgument("--motion-scale", f"must be a finite number >= 0, got {self.motion_scale}")
+        if self.travel_interpolation not in INTERPOLATIONS:
+            raise InvalidArgument("--travel-interpolation", f"must be one of {', '.join(INTERPOLATIONS)}")
         if not 0.0 <= self.strength <= 1.0:
             raise InvalidArgument("--image-seed-strength", f"must be in [0, 1], got {self.strength}")
         if self.scheduler is not None:
@@ -97,6 +109,11 @@ class GenerationRequest:
     def resolved(self, default_size: int, spec: BackboneSpec) -> GenerationRequest:
         """Validated against the model's spec, with size, seed and scheduler filled in."""
         self.validate()
+        frames = self.frames or DEFAULT_FRAMES
+        for flag, travel in (("--prompt-travel", self.prompt_travel), ("--negative-prompt-travel",
+                                                                       self.negative_prompt_travel)):  # fmt: skip
+            if travel is not None:
+                check_travel(travel, frames, flag)
         scheduler = self.scheduler or spec.default_scheduler
         if spec.flow != (scheduler_class(scheduler) in FLOW_CLASSES):
             kind = "flow-matching (flow-euler)" if spec.flow else "diffusion"

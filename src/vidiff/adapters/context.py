@@ -132,7 +132,7 @@ class ContextWindowDenoiser(VideoDenoiser):
         weight = fuse_weights(o.length, o.fuse).to(latents.device, latents.dtype)  # (L,)
         for window in windows(frames, o.length, o.step, o.schedule):
             idx = torch.tensor(window, device=latents.device)
-            part = self.inner.predict(latents[:, :, idx], t, cond)  # (B, C, L, h, w)
+            part = self.inner.predict(latents[:, :, idx], t, cond.frames(idx))  # (B, C, L, h, w)
             out.index_add_(2, idx, part * weight[None, None, :, None, None])
             total.index_add_(0, idx, weight)
         return out / total[None, None, :, None, None]

@@ -40,7 +40,7 @@ class ImageSequentialDenoiser(VideoDenoiser):
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         f = latents.shape[2]
         n = self.frame_batch or f
-        parts = [self.image.predict(latents[:, :, i : i + n], t, cond) for i in range(0, f, n)]  # (B, C, n, h, w)
+        parts = [self.image.predict(latents[:, :, i : i + n], t, cond.frames(slice(i, i + n))) for i in range(0, f, n)]
         return torch.cat(parts, dim=2)  # (B, C, F, h, w)
 
     def attention_modules(self) -> dict[str, nn.Module]:

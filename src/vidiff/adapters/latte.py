@@ -39,6 +39,8 @@ class LatteDenoiser(VideoDenoiser):
         return self.transformer
 
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+        if cond.per_frame:
+            raise InvalidArgument("--prompt-travel", "Latte takes one prompt per video")
         out = self.transformer(
             hidden_states=latents,  # (B, C, F, h, w)
             encoder_hidden_states=cond.embeds,  # (B, L, D)

@@ -53,8 +53,7 @@ class SD3Denoiser(VideoDenoiser):
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         b, c, f, h, w = latents.shape
         frames = latents.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, h, w)
-        embeds = cond.embeds.repeat_interleave(f, dim=0)  # (B*F, L, D)
-        pooled = cond.pooled.repeat_interleave(f, dim=0)  # (B*F, P)
+        embeds, pooled = cond.flat(f)  # (B*F, L, D), (B*F, P)
         if self.temporal is not None:
             self.temporal.frames = f  # num_frames for the hooks: tokens are (B*F, N, C) inside
         out = self.transformer(

@@ -74,7 +74,7 @@ class UNetMotionDenoiser(VideoDenoiser):
 
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         frames = latents.shape[2]
-        embeds = cond.embeds.repeat_interleave(frames, dim=0)  # (B*F, L, D), frame-major per video
+        embeds, _ = cond.flat(frames)  # (B*F, L, D), frame-major per video
         return self.unet(latents, t, encoder_hidden_states=embeds).sample  # (B, C, F, h, w)
 
 
@@ -94,7 +94,7 @@ class UNetFramesDenoiser(VideoDenoiser):
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         b, c, f, h, w = latents.shape
         frames = latents.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, h, w)
-        embeds = cond.embeds.repeat_interleave(f, dim=0)  # (B*F, L, D)
+        embeds, _ = cond.flat(f)  # (B*F, L, D)
         out = self.unet(frames, per_frame(t, b, f), encoder_hidden_states=embeds).sample  # (B*F, C, h, w)
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
 

@@ -95,6 +95,26 @@ class TrainConfig:
         return self.model / f".train-{self.stage}.pt"
 
 
+def add_arguments(tr) -> None:
+    """`vidiff train`'s flags: TrainConfig's fields."""
+    tr.add_argument("stage", choices=STAGES, help="vae, image (UNet + text encoder), or motion")
+    tr.add_argument("--model", required=True, help="SD 1.x folder: trained in place (vae, image) or frozen (motion)")
+    tr.add_argument("--data", default="demo", help="'demo' (synthetic shapes) or a folder of captioned videos")
+    tr.add_argument("--out", help="motion stage: MotionAdapter folder to write (default: MODEL/motion_adapter)")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--lr", type=float, help="default: 1e-3 for vae, 5e-4 otherwise")
+    tr.add_argument("--frames", type=int, default=16)
+    tr.add_argument("--size", type=int, default=64, help="training resolution in pixels")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--checkpoint-every", type=int, default=200)
+    tr.add_argument("--save-dtype", default="float32", help="dtype of the exported weights")
+    tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    tr.add_argument("--family", choices=("sd1", "sd3"), help="architecture of a new demo-sized model (default sd1)")
+    tr.add_argument("--keyframe-share", type=float, default=0.0, help="image stage: share of first frames drawn")
+    tr.add_argument("--text-lr-scale", type=float, default=1.0, help="image stage: text lr factor (0: frozen)")
+
+
 class Stage:
     """What one stage trains and how: `params`, `loss(rng, gen)`, and `export(dtype)` into the model folder."""
 

@@ -1,0 +1,68 @@
+"""Prompt travel: a prompt that changes over the frames of one video.
+
+Keyframes `{frame: prompt}` (`"0: a cat sitting | 32: a cat running"`, or a JSON file) are encoded once each;
+every frame gets the embeddings interpolated between the keyframes around it (linear, or `slerp` per
+token vector), before the first keyframe the first prompt's and after the last the last's. The UNet batch is
+frames, so per-frame conditioning costs nothing extra.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidArgument
+
+INTERPOLATIONS = ("linear", "slerp")
+
+
+def parse_travel(spec: str, argument: str = "--prompt-travel") -> dict[int, str]:
+    """`"0: a cat | 32: a dog"` or a JSON file holding `{"0": "a cat", "32": "a dog"}`."""
+    path = Path(spec)
+    if spec.endswith(".json") and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            return {int(k): str(v) for k, v in data.items()}
+        except (ValueError, AttributeError) as e:
+            raise InvalidArgument(argument, f"{path.name} is not a JSON object of frame: prompt ({e})") from e
+    keyframes = {}
+    for part in spec.split("|"):
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(.*?)\s*", part)
+        if match is None or not match.group(2):
+            raise InvalidArgument(argument, f"cannot read {part.strip()!r}: write FRAME: PROMPT | FRAME: PROMPT ...")
+        keyframes[int(match.group(1))] = match.group(2)
+    return keyframes
+
+
+def check_travel(keyframes: dict[int, str], frames: int, argument: str = "--prompt-travel") -> None:
+    if not keyframes:
+        raise InvalidArgument(argument, "names no keyframe")
+    last = max(keyframes)
+    if last >= frames:
+        raise InvalidArgument(argument, f"keyframe {last} is beyond the last frame ({frames - 1})")
+
+
+def _slerp(a: Tensor, b: Tensor, w: float) -> Tensor:
+    """Spherical interpolation per vector along the last dimension (falls back to linear when parallel)."""
+    na, nb = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((na * nb).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))  # (..., 1)
+    so = torch.sin(omega)
+    out = (torch.sin((1 - w) * omega) / so) * a + (torch.sin(w * omega) / so) * b
+    return torch.where(so.abs() < 1e-6, (1 - w) * a + w * b, out)
+
+
+def interpolate(keyed: dict[int, Tensor], frames: int, how: str = "linear") -> Tensor:
+    """Per-frame values (B, F, ...) from keyframe values (B, ...)."""
+    keys = sorted(keyed)
+    out = []
+    for f in range(frames):
+        lo = max([k for k in keys if k <= f], default=keys[0])
+        hi = min([k for k in keys if k >= f], default=keys[-1])
+        w = 0.0 if hi == lo else (f - lo) / (hi - lo)
+        a, b = keyed[lo], keyed[hi]
+        out.append(a if w == 0 else b if w == 1 else (_slerp(a, b, w) if how == "slerp" else (1 - w) * a + w * b))
+    return torch.stack(out, dim=1)  # (B, F, ...)
