@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--loop", action="store_const", const="looped", dest="context_schedule", help="seamless loop")
     gen.add_argument("--context-fuse", default="pyramid", choices=FUSES, help="weights of overlapping frames")
     gen.add_argument("--noise-type", default="random", choices=NOISES, help="FreeNoise: shuffle, repeat, random")
+    gen.add_argument("--free-init", type=int, default=1, metavar="N", help="FreeInit passes (1: off)")
+    gen.add_argument("--free-init-method", default="butterworth", help="butterworth, gaussian, ideal or box")
     gen.add_argument("--motion-scale", type=float, default=1.0, help="temporal layers' effect: 0 image only, 1 full")
     gen.add_argument("--fps", type=float, default=8.0)
     gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")

@@ -20,6 +20,7 @@ from .codec import LatentCodec
 from .conditioning import Conditioning
 from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
+from .free_init import low_pass, reinitialize
 from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
@@ -246,32 +247,45 @@ class VideoPipeline:
                 raise InvalidArgument("--image-seeds", "a mask needs an image or video to inpaint")
             mask = self.codec.latent_mask(source.mask).to(self.device, self.denoiser.dtype)  # (1, 1, F', h, w)
             inpaint = Inpaint(source_latents, mask, noise)
-        # 5. The loop.
+        # 5. The loop (FreeInit: several passes, each re-initialised from the last one's low frequencies).
+        passes = request.free_init
+        if passes > 1 and (source.latents is not None or source_latents is not None or begin or stop < len(timesteps)):
+            raise InvalidArgument(
+                "--free-init", "re-samples a whole text-to-video run from noise (no sources, no split)"
+            )
         self.run = Run(request, scheduler, generator, timesteps, stop, timings)
         start = time.perf_counter()
+        first = latents  # (B, C, F, h, w): the first pass's noise
         handles = self.denoiser.scale_motion(request.motion_scale)
         try:
-            latents = denoise(
-                denoiser,
-                scheduler,
-                latents,
-                timesteps,
-                cond,
-                uncond,
-                request.guidance_scale,
-                step_kwargs(scheduler, generator, request.eta),
-                progress=progress,
-                callback=callback,
-                begin=begin,
-                stop=stop,
-                inpaint=inpaint,
-                caches=list(self.accelerators.values()),
-            )
+            for i in range(passes):
+                if i > 0:
+                    f = request.free_init_method, request.free_init_order
+                    mask = low_pass((1, *latents.shape[1:]), *f, request.free_init_spatial,
+                                    request.free_init_temporal, self.device)  # fmt: skip
+                    latents = reinitialize(latents, first, scheduler, generator, mask)
+                    timesteps = timesteps_for(scheduler, request.steps, self.device, tokens=shape[-2] * shape[-1] // 4)
+                latents = denoise(
+                    denoiser,
+                    scheduler,
+                    latents,
+                    timesteps,
+                    cond,
+                    uncond,
+                    request.guidance_scale,
+                    step_kwargs(scheduler, generator, request.eta),
+                    progress=progress,
+                    callback=callback if i == passes - 1 else None,
+                    begin=begin,
+                    stop=stop,
+                    inpaint=inpaint,
+                    caches=list(self.accelerators.values()),
+                )
         finally:
             for handle in handles:
                 handle.remove()
         timings.denoise = time.perf_counter() - start
-        timings.steps = max(stop - begin, 0)
+        timings.steps = max(stop - begin, 0) * passes
         timings.frames = request.frames * request.num_videos
         return latents
 

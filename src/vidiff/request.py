@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
+from .free_init import METHODS as FREE_INIT_METHODS
 from .schedules import BETA_SCHEDULES, FLOW_SCHEDULERS, SCHEDULERS, TIMESTEP_SPACINGS, scheduler_class
 from .travel import INTERPOLATIONS, check_travel
 
@@ -54,6 +55,11 @@ class GenerationRequest:
     prompt_travel: dict[int, str] | None = None  # {frame: prompt}: the prompt changes over the frames
     negative_prompt_travel: dict[int, str] | None = None
     travel_interpolation: str = "linear"  # or "slerp"
+    free_init: int = 1  # FreeInit passes (1: off)
+    free_init_method: str = "butterworth"  # low-pass filter: butterworth | gaussian | ideal | box
+    free_init_order: int = 4  # butterworth's order
+    free_init_spatial: float = 0.25  # normalised spatial stop frequency
+    free_init_temporal: float = 0.25  # normalised temporal stop frequency
 
     def __post_init__(self) -> None:
         for name in ("prompt_travel", "negative_prompt_travel"):  # JSON keys are strings
@@ -89,6 +95,13 @@ class GenerationRequest:
             raise InvalidArgument("--denoising-end", "must be greater than --denoising-start")
         if not 0.0 <= self.motion_scale < float("inf"):
             raise InvalidArgument("--motion-scale", f"must be a finite number >= 0, got {self.motion_scale}")
+        _positive("--free-init", self.free_init)
+        if self.free_init_method not in FREE_INIT_METHODS:
+            raise InvalidArgument("--free-init-method", f"must be one of {', '.join(FREE_INIT_METHODS)}")
+        for flag, value in (("--free-init-spatial", self.free_init_spatial),
+                            ("--free-init-temporal", self.free_init_temporal)):  # fmt: skip
+            if not 0 < value <= 1:
+                raise InvalidArgument(flag, f"must be a stop frequency in (0, 1], got {value}")
         if self.travel_interpolation not in INTERPOLATIONS:
             raise InvalidArgument("--travel-interpolation", f"must be one of {', '.join(INTERPOLATIONS)}")
         if not 0.0 <= self.strength <= 1.0:
