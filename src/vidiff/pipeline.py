@@ -176,8 +176,9 @@ class VideoPipeline:
         table = self.denoiser.max_frames
         frames = self.codec.latent_frames(request.frames or 1)
         noise = request.noise_type != "random"
-        if request.context_length is None and not noise and (table is None or frames <= table):
-            return self.denoiser
+        asked = request.context_length is not None or noise
+        if not asked and (table is None or frames <= table or not self.spec.context_windows):
+            return self.denoiser  # its own check_frames says what it can make
         if not self.spec.context_windows or table is None:
             raise InvalidArgument("--context-length", f"context windows need a temporal backbone that can vary its "
                                   f"frame count (this {self.spec.name} model cannot)")  # fmt: skip
