@@ -110,12 +110,14 @@ def test_save_load_round_trip_and_bad_inputs(seq, tmp_path, sd3_folder):
         )
 
 
-def test_sd3_refuses_diffusion_schedulers_and_sd1_refuses_prompt_2(seq, sd1_folder):
+def test_sd3_refuses_diffusion_schedulers_and_sd1_refuses_prompt_2(seq, sd1_folder, sd3_folder):
     with pytest.raises(InvalidArgument, match="needs a flow-matching"):
         seq("a cat", scheduler="ddim", **OPTS)
     sd1 = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", dtype="float32")
     with pytest.raises(InvalidArgument, match="--prompt-2"):
         sd1("a cat", prompt_2="x", **OPTS)
+    with pytest.raises(InvalidArgument, match="--lora: LoRAs and --vae apply to Stable Diffusion 1.x"):
+        VideoPipeline.from_pretrained(str(sd3_folder), loras=["style.safetensors"], dtype="float32")
 
 
 def test_motion_stage_trains_only_temporal_layers(sd3_folder, tmp_path):

@@ -39,6 +39,11 @@ class LoadOptions:
     vae: str | None = None  # replace the model's VAE: a diffusers folder or an original-layout file
     fuse_loras: bool = True  # False keeps live peft layers (the benchmark's unfused row)
 
+    def refuse_sd1_only(self) -> None:
+        """LoRAs and a replacement VAE apply to Stable Diffusion 1.x models only, for now."""
+        if self.loras or self.motion_loras or self.vae:
+            raise InvalidArgument("--lora", "LoRAs and --vae apply to Stable Diffusion 1.x models only, for now")
+
 
 @dataclass
 class Loaded:

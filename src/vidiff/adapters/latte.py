@@ -58,8 +58,7 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
 
     start = time.perf_counter()
     require_parts(folder, PARTS, "Latte")
-    if options.loras or options.motion_loras or options.vae:
-        raise InvalidArgument("--lora", "LoRAs and --vae apply to Stable Diffusion 1.x models only, for now")
+    options.refuse_sd1_only()
     dtype = options.dtype
     tokenizer = load_part(AutoTokenizer.from_pretrained, folder / "tokenizer")
     text_encoder = load_part(T5EncoderModel.from_pretrained, folder / "text_encoder", dtype=dtype)

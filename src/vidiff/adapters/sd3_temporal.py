@@ -12,7 +12,6 @@ from pathlib import Path
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from torch import Tensor, nn
 
-from ..errors import InvalidArgument
 from ..loading import load_part, require_parts
 from ..motion.scale import scale_update
 from ..motion.sd3_temporal import SD3TemporalLayers
@@ -87,8 +86,7 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     """An SD 3 / 3.5 folder as a video backbone (the `sd3` spec)."""
     start = time.perf_counter()
     require_parts(folder, PARTS, "SD 3")
-    if options.loras or options.motion_loras or options.vae:
-        raise InvalidArgument("--lora", "LoRAs and --vae apply to Stable Diffusion 1.x models only, for now")
+    options.refuse_sd1_only()
     dtype = options.dtype
     tokenizers, encoders = load_text_encoders(folder, dtype, options.use_t5)
     transformer = load_part(SD3Transformer2DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)
