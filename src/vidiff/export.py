@@ -112,6 +112,11 @@ def output_kind(path: str) -> str:
     return suffix
 
 
+def check_fps(fps: float) -> None:
+    if not 0 < fps < float("inf"):  # NaN fails too
+        raise InvalidArgument("--fps", f"must be a finite number > 0, got {fps}")
+
+
 def check_output(path: str, overwrite: bool) -> str:
     """Fail before any work if `path` cannot be written; returns its kind."""
     kind = output_kind(path)
@@ -132,8 +137,7 @@ class FrameWriter:
     """
 
     def __init__(self, path: str, fps: float, overwrite: bool = False) -> None:
-        if not fps > 0 or fps == float("inf"):
-            raise InvalidArgument("--fps", f"must be a finite number > 0, got {fps}")
+        check_fps(fps)
         kind = check_output(path, overwrite)
         self.path, self.overwrite, self.count = Path(path), overwrite, 0
         self._atomic = atomic_folder(self.path) if kind == "/" else atomic_file(self.path, overwrite)

@@ -20,7 +20,7 @@ from .accel.pab import PABConfig
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .atomic import check_target
 from .errors import InvalidArgument, RenderInterrupted
-from .export import FrameWriter, check_output
+from .export import FrameWriter, check_fps, check_output
 from .image_seeds import parse_image_seed
 from .latents_io import is_latents_path, load_latents, save_latents
 from .loading import resolve_device, resolve_dtype
@@ -181,8 +181,7 @@ class Renderer:
             raise InvalidArgument("--output", "partly denoised latents (--denoising-end) go to .pt, .pth, .safetensors")
         if job.checkpoint_every is not None and job.checkpoint_every < 1:
             raise InvalidArgument("--checkpoint-every", f"must be >= 1, got {job.checkpoint_every}")
-        if job.fps <= 0 or job.fps == float("inf") or job.fps != job.fps:
-            raise InvalidArgument("--fps", f"must be a finite number > 0, got {job.fps}")
+        check_fps(job.fps)
         if job.decode_chunk_size < 1:
             raise InvalidArgument("--decode-chunk-size", f"must be >= 1, got {job.decode_chunk_size}")
         for config in (job.pab, job.deep_cache):

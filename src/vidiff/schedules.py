@@ -38,7 +38,6 @@ FLOW_SCHEDULERS = ("flow-euler",)
 DIFFUSION_SCHEDULERS = tuple(name for name in SCHEDULERS if name not in FLOW_SCHEDULERS)  # SD 1.x's
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
-DEFAULT_SCHEDULER = "ddim"
 # Scheduler attributes that change while stepping (DPM-Solver, LMS and PNDM histories, step counters).
 SCHEDULER_STATE = (
     "_step_index",

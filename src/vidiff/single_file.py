@@ -27,7 +27,6 @@ from .tensor_files import read_state_dict
 
 UNET = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
-TEXT = "cond_stage_model.transformer."
 SD1_HEADS = 8  # SD 1.x attends with 8 heads at every level (num_heads=8 in its v1-inference.yaml)
 SD1_GROUPS = 32
 SD1_SAMPLE_SIZE = 64  # 512 pixels

@@ -43,7 +43,6 @@ def resolve_source(
     source = Source(latents=resume)
     if seed is not None and seed.latents is not None:
         source.latents = load_latents(seed.latents, ARG)
-        check_latents(source.latents, seed.latents, codec.channels, codec.space)
         frames, height, width = codec.pixel_size(source.latents.latents)
         request = replace(
             request, frames=request.frames or frames, height=request.height or height, width=request.width or width
