@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import AnimateDiffPipeline, MotionAdapter
+from diffusers import AnimateDiffPipeline, MotionAdapter, SD3Transformer2DModel
 from helpers import LATENT
 
 from vidiff import GenerationRequest, InvalidArgument, PABConfig, VideoPipeline
 from vidiff.adapters.base import Conditioning, VideoDenoiser
 from vidiff.adapters.context import ContextOptions, ContextWindowDenoiser, windows
+from vidiff.motion.sd3_temporal import SD3TemporalLayers
+from vidiff.schedules import make_scheduler
 
 
 class Ones(VideoDenoiser):
@@ -26,7 +28,7 @@ class Ones(VideoDenoiser):
 
 
 @pytest.mark.parametrize("schedule", ["uniform", "looped", "static"])
-@pytest.mark.parametrize("fuse", ["flat", "pyramid", "gauss"])
+@pytest.mark.parametrize("fuse", ["flat", "pyramid", "gauss", "delayed_reverse_sawtooth"])
 @pytest.mark.parametrize(("frames", "overlap"), [(20, 4), (33, 0), (40, 8), (64, 15)])
 def test_windows_cover_every_frame_and_fuse_to_one(schedule, fuse, frames, overlap):
     found = windows(frames, 16, 16 - overlap, schedule)
@@ -44,13 +46,14 @@ def test_a_window_at_least_the_video_equals_the_plain_run(motion_pipe):
     assert torch.equal(motion_pipe("a cat", **opts).latents, motion_pipe("a cat", context_length=16, **opts).latents)
 
 
-def test_a_video_longer_than_the_table_runs_in_windows_with_pab(motion_pipe):
+@pytest.mark.parametrize("scope", ["backbone", "motion"])
+def test_a_video_longer_than_the_table_runs_in_windows_with_pab(motion_pipe, scope):
     assert motion_pipe.denoiser.max_frames == 32
     with pytest.raises(InvalidArgument, match="--frames: 40 frames exceed"):  # a window longer than the table
         motion_pipe.resolve(GenerationRequest("a cat", frames=40, context_length=40))
     pab = motion_pipe.enable_pab(PABConfig())
     try:
-        out = motion_pipe("a cat", **(LATENT | dict(frames=40, steps=4, seed=1))).latents
+        out = motion_pipe("a cat", context_scope=scope, **(LATENT | dict(frames=40, steps=4, seed=1))).latents
     finally:
         motion_pipe.disable_pab()
     assert out.shape[2] == 40 and torch.isfinite(out).all()
@@ -68,6 +71,47 @@ def test_shuffled_noise_equals_diffusers_free_noise(sd1_folder, adapter_folder, 
     repeat = ContextWindowDenoiser(motion_pipe.denoiser, ContextOptions(noise="repeat"))
     noise = repeat.initial_noise((1, 4, 40, 8, 8), torch.Generator().manual_seed(5), "cpu", torch.float32)
     assert torch.equal(noise[:, :, 16:32], noise[:, :, :16]) and torch.equal(noise[:, :, 32:], noise[:, :, :8])
+
+
+FREE_NOISE_ATOL = 1e-4  # max abs latent difference allowed in float32 (as the plain parity tests)
+
+
+@pytest.mark.parametrize("fuse", ["pyramid", "flat", "delayed_reverse_sawtooth"])
+def test_motion_scope_equals_diffusers_free_noise(sd1_folder, adapter_folder, motion_pipe, fuse):
+    """24 frames, windows of 16 every 4 frames (they tile the video), shuffled noise, guidance on."""
+    ref = AnimateDiffPipeline.from_pretrained(sd1_folder, motion_adapter=MotionAdapter.from_pretrained(adapter_folder))
+    ref.set_progress_bar_config(disable=True)
+    ref.scheduler = make_scheduler("ddim", dict(ref.scheduler.config))
+    ref.enable_free_noise(context_length=16, context_stride=4, weighting_scheme=fuse, noise_type="shuffle_context")
+    want = ref("a cat", num_frames=24, height=64, width=64, num_inference_steps=3, guidance_scale=7.5,
+               generator=torch.Generator().manual_seed(4), output_type="latent").frames  # fmt: skip
+    opts = LATENT | dict(frames=24, steps=3, seed=4, context_length=16, context_stride=4, noise_type="shuffle")
+    got = motion_pipe("a cat", context_fuse=fuse, context_scope="motion", **opts).latents
+    assert (got - want).abs().max() < FREE_NOISE_ATOL
+    whole = motion_pipe("a cat", context_fuse=fuse, **opts).latents  # the backbone scope differs, as it should
+    assert (whole - want).abs().max() > 100 * FREE_NOISE_ATOL
+
+
+def test_motion_scope_on_sd3_temporal_layers(sd3_folder, tmp_path):
+    """SD 3 mixes frames only in its temporal attention, so windows that do not overlap (static) give the same
+    video whether the whole backbone or only that attention runs per window; overlapping ones differ."""
+    transformer = SD3Transformer2DModel.from_pretrained(sd3_folder / "transformer")
+    layers = SD3TemporalLayers.for_transformer(transformer, blocks=[0, 1], max_frames=8)
+    for layer in layers.layers.values():
+        torch.nn.init.normal_(layer.to_out.weight, std=0.5)
+    layers.save(tmp_path / "t.safetensors")
+    pipe = VideoPipeline.from_pretrained(
+        str(sd3_folder), motion_module=str(tmp_path / "t.safetensors"), dtype="float32"
+    )
+    opts = LATENT | dict(frames=12, steps=2, seed=3, context_length=4, context_overlap=2)
+
+    def run(**kw):
+        return pipe("a cat", **(opts | kw)).latents
+
+    static = run(context_schedule="static", context_scope="motion")
+    assert (static - run(context_schedule="static")).abs().max() < 1e-5
+    assert (run(context_scope="motion") - run()).abs().max() > 1e-3
+    assert (static - run(context_schedule="static", context_length=6)).abs().max() > 1e-3  # windows split frames
 
 
 def test_bad_context_options(motion_pipe, latte_folder, sd1_folder):

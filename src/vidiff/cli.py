@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .accel.deep_cache import DeepCacheConfig
 from .accel.pab import PABConfig
-from .adapters.context import FUSES, NOISES, SCHEDULES
+from .adapters.context import FUSES, NOISES, SCHEDULES, SCOPES
 from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .errors import InvalidArgument, RenderInterrupted, VidiffError
 from .motion.groupnorm import MODES as GROUPNORM_MODES
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--context-schedule", default="uniform", choices=SCHEDULES, help="window placement")
     gen.add_argument("--loop", action="store_const", const="looped", dest="context_schedule", help="seamless loop")
     gen.add_argument("--context-fuse", default="pyramid", choices=FUSES, help="weights of overlapping frames")
+    gen.add_argument("--context-scope", default="backbone", choices=SCOPES, help="window the backbone, or motion only")
     gen.add_argument("--noise-type", default="random", choices=NOISES, help="FreeNoise: shuffle, repeat, random")
     gen.add_argument("--free-init", type=int, default=1, metavar="N", help="FreeInit passes (1: off)")
     gen.add_argument("--free-init-method", default="butterworth", help="butterworth, gaussian, ideal or box")

@@ -185,7 +185,7 @@ class VideoPipeline:
         options = ContextOptions(
             length=request.context_length or min(DEFAULT_LENGTH, table), stride=request.context_stride,
             overlap=request.context_overlap, schedule=request.context_schedule, fuse=request.context_fuse,
-            noise=request.noise_type,
+            noise=request.noise_type, scope=request.context_scope,
         )  # fmt: skip
         return ContextWindowDenoiser(self.denoiser, options)
 

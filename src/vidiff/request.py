@@ -50,7 +50,8 @@ class GenerationRequest:
     context_overlap: int = 4  # frames neighbouring windows share
     context_stride: int | None = None  # frames between window starts (diffusers' context_stride); None: overlap
     context_schedule: str = "uniform"  # uniform | looped | static
-    context_fuse: str = "pyramid"  # flat | pyramid | gauss
+    context_fuse: str = "pyramid"  # flat | pyramid | gauss | delayed_reverse_sawtooth
+    context_scope: str = "backbone"  # windows over the whole backbone, or only its temporal attention ("motion")
     noise_type: str = "random"  # FreeNoise initial noise: random | shuffle | repeat
     prompt_travel: dict[int, str] | None = None  # {frame: prompt}: the prompt changes over the frames
     negative_prompt_travel: dict[int, str] | None = None

@@ -9,6 +9,8 @@ config, so the loop needs nothing else from the adapter.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,10 @@ from torch import Tensor, nn
 from ..conditioning import Conditioning
 from ..errors import InvalidArgument
 
-__all__ = ["Conditioning", "Loaded", "LoadOptions", "VideoDenoiser", "per_frame"]
+__all__ = ["Conditioning", "FuseFrames", "Loaded", "LoadOptions", "VideoDenoiser", "per_frame"]
+
+# x (N, F, C) and a temporal attention over (N, L, C) -> that attention per context window, fused (N, F, C)
+FuseFrames = Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor]
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,10 @@ class VideoDenoiser(ABC):
         if scale != 1.0:
             raise InvalidArgument("--motion-scale", "needs AnimateDiff motion modules or vidiff temporal layers")
         return []
+
+    def temporal_windows(self, fuse: FuseFrames) -> AbstractContextManager:
+        """While inside: the temporal attention layers hand their frames to `fuse` (context scope `motion`)."""
+        raise InvalidArgument("--context-scope", "'motion' needs AnimateDiff motion modules or vidiff temporal layers")
 
     def attention_modules(self) -> dict[str, nn.Module]:
         """Named attention modules that caches (Pyramid Attention Broadcast) may hook: diffusers' Attention."""

@@ -1,14 +1,20 @@
 """Context windows: videos longer than the temporal layers' table, as overlapping windows fused per frame.
 
-A wrapper over any temporal backbone adapter (ComfyUI-AnimateDiff-Evolved's context options): each step,
-the backbone predicts every window of `length` frames on its own and the predictions are averaged per
-frame with a weight that favours the window's centre. The loop, caches (PAB and DeepCache cache per call
-position, so per window), latents interchange and resume see one ordinary denoiser.
+A wrapper over any temporal backbone adapter. Two scopes:
+- `backbone` (ComfyUI-AnimateDiff-Evolved's context options): each step, the whole backbone predicts every
+  window of `length` frames on its own and the predictions are averaged per frame with a weight that
+  favours the window's centre. Working memory is set by the window, not the video.
+- `motion` (diffusers' `enable_free_noise`, Evolved's view options): one backbone call sees every frame;
+  only the temporal attention runs per window, fused per frame before the temporal feed-forward. The
+  spatial layers' memory grows with the video.
+The loop, caches (PAB and DeepCache cache per call position, so per window), latents interchange and
+resume see one ordinary denoiser.
 
 - schedules: `uniform` (windows every `stride` frames, the last one ending on the last frame), `looped`
   (windows wrap from the end to the start, for seamless loops), `static` (back to back, the last one
   moved to end on the last frame).
-- fuse weights: `flat` (1), `pyramid` (rising to the window's centre), `gauss` (a Gaussian around it).
+- fuse weights: `flat` (1), `pyramid` (rising to the window's centre), `gauss` (a Gaussian around it),
+  `delayed_reverse_sawtooth` (diffusers': 0.01 in the first half, then falling from the centre).
 - FreeNoise initial noise (Qiu et al. 2023): `shuffle` draws noise for every frame, then gives each later
   block of `stride` frames a shuffle of the frames one window before it (as diffusers' `shuffle_context`
   does), so windows share their noise; `repeat` repeats the first window's noise; `random` draws each
@@ -17,6 +23,7 @@ position, so per window), latents interchange and resume see one ordinary denois
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +34,8 @@ from ..errors import InvalidArgument
 from .base import Conditioning, VideoDenoiser
 
 SCHEDULES = ("uniform", "looped", "static")
-FUSES = ("flat", "pyramid", "gauss")
+FUSES = ("flat", "pyramid", "gauss", "delayed_reverse_sawtooth")
+SCOPES = ("backbone", "motion")
 NOISES = {"random": "random", "shuffle": "shuffle", "shuffle_context": "shuffle", "repeat": "repeat",
           "repeat_context": "repeat"}  # fmt: skip
 DEFAULT_LENGTH = 16  # what the released motion modules were trained on
@@ -41,6 +49,7 @@ class ContextOptions:
     schedule: str = "uniform"
     fuse: str = "pyramid"
     noise: str = "random"
+    scope: str = "backbone"
 
     @property
     def step(self) -> int:
@@ -54,7 +63,7 @@ class ContextOptions:
         if self.stride is not None and not 1 <= self.stride <= self.length:
             raise InvalidArgument("--context-stride", f"must be in [1, {self.length}], got {self.stride}")
         checks = (("--context-schedule", self.schedule, SCHEDULES), ("--context-fuse", self.fuse, FUSES),
-                  ("--noise-type", self.noise, NOISES))  # fmt: skip
+                  ("--noise-type", self.noise, NOISES), ("--context-scope", self.scope, SCOPES))  # fmt: skip
         for flag, value, allowed in checks:
             if value not in allowed:
                 raise InvalidArgument(flag, f"unknown {value!r} (choose from {', '.join(allowed)})")
@@ -80,8 +89,26 @@ def fuse_weights(length: int, fuse: str) -> Tensor:
         return torch.ones(length)
     if fuse == "pyramid":
         return torch.minimum(i + 1, length - i)
+    if fuse == "delayed_reverse_sawtooth":  # length 4: [0.01, 2, 2, 1]; 5: [0.01, 0.01, 3, 2, 1]
+        mid = (length + 1) // 2
+        return torch.where(i < (length - 1) // 2, 0.01, torch.minimum(torch.tensor(float(mid)), length - i))
     centre, sigma = (length - 1) / 2, max(length / 4, 1.0)
     return torch.exp(-((i - centre) ** 2) / (2 * sigma**2))
+
+
+def fuse_windows(like: Tensor, dim: int, predict: Callable[[Tensor], Tensor], options: ContextOptions) -> Tensor:
+    """`predict(frame indices)` for every window, averaged per frame along `dim` of `like` with the fuse weights."""
+    frames = like.shape[dim]
+    shape = [1] * like.dim()
+    shape[dim] = -1
+    out = torch.zeros_like(like)
+    total = torch.zeros(frames, dtype=like.dtype, device=like.device)  # (F,)
+    weight = fuse_weights(options.length, options.fuse).to(like.device, like.dtype)  # (L,)
+    for window in windows(frames, options.length, options.step, options.schedule):
+        idx = torch.tensor(window, device=like.device)
+        out.index_add_(dim, idx, predict(idx) * weight.view(shape))
+        total.index_add_(0, idx, weight)
+    return out / total.view(shape)
 
 
 class ContextWindowDenoiser(VideoDenoiser):
@@ -123,16 +150,16 @@ class ContextWindowDenoiser(VideoDenoiser):
         return noise
 
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        frames = latents.shape[2]
         o = self.options
-        if frames <= o.length:
+        if latents.shape[2] <= o.length:
             return self.inner.predict(latents, t, cond)
-        out = torch.zeros_like(latents)  # (B, C, F, h, w)
-        total = torch.zeros(frames, dtype=latents.dtype, device=latents.device)  # (F,)
-        weight = fuse_weights(o.length, o.fuse).to(latents.device, latents.dtype)  # (L,)
-        for window in windows(frames, o.length, o.step, o.schedule):
-            idx = torch.tensor(window, device=latents.device)
-            part = self.inner.predict(latents[:, :, idx], t, cond.frames(idx))  # (B, C, L, h, w)
-            out.index_add_(2, idx, part * weight[None, None, :, None, None])
-            total.index_add_(0, idx, weight)
-        return out / total[None, None, :, None, None]
+        if o.scope == "motion":
+            with self.inner.temporal_windows(self.fuse_frames):
+                return self.inner.predict(latents, t, cond)
+        return fuse_windows(latents, 2, lambda idx: self.inner.predict(latents[:, :, idx], t, cond.frames(idx)), o)
+
+    def fuse_frames(self, x: Tensor, attend: Callable[[Tensor], Tensor]) -> Tensor:
+        """x (N, F, C) -> `attend` per window (N, L, C), fused per frame (N, F, C): the temporal layers' hook."""
+        if x.shape[1] <= self.options.length:
+            return attend(x)
+        return fuse_windows(x, 1, lambda idx: attend(x[:, idx]), self.options)

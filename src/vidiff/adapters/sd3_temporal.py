@@ -7,6 +7,8 @@ module argument); without them, or in sequential mode, frames are denoised one b
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -16,7 +18,7 @@ from ..loading import load_part, require_parts
 from ..motion.scale import scale_update
 from ..motion.sd3_temporal import SD3TemporalLayers
 from ..text import SD3PromptEncoder
-from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
+from .base import Conditioning, FuseFrames, Loaded, LoadOptions, VideoDenoiser, per_frame
 from .image_sequential import ImageSequentialDenoiser
 
 PARTS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
@@ -48,6 +50,16 @@ class SD3Denoiser(VideoDenoiser):
         if self.temporal is None:
             return super().scale_motion(scale)
         return scale_update(list(self.temporal.layers.values()), scale)
+
+    @contextmanager
+    def temporal_windows(self, fuse: FuseFrames) -> Iterator[None]:
+        for layer in self.temporal.layers.values():
+            layer.fuse = fuse
+        try:
+            yield
+        finally:
+            for layer in self.temporal.layers.values():
+                layer.fuse = None
 
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         b, c, f, h, w = latents.shape

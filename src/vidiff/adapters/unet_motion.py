@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,7 +29,7 @@ from ..motion.original_lora import merge_original_lora
 from ..motion.scale import scale_residual
 from ..tensor_files import read_state_dict
 from ..text import ClipPromptEncoder
-from .base import Conditioning, Loaded, LoadOptions, VideoDenoiser, per_frame
+from .base import Conditioning, FuseFrames, Loaded, LoadOptions, VideoDenoiser, per_frame
 from .image_sequential import ImageSequentialDenoiser
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -68,14 +71,52 @@ class UNetMotionDenoiser(VideoDenoiser):
     def module(self) -> nn.Module:
         return self.unet
 
+    def motion_modules(self) -> list[nn.Module]:
+        return [m for name, m in self.unet.named_modules() if name.split(".")[-2:-1] == ["motion_modules"]]
+
     def scale_motion(self, scale: float) -> list:
-        motion = [m for name, m in self.unet.named_modules() if name.split(".")[-2:-1] == ["motion_modules"]]
-        return scale_residual(motion, scale)
+        return scale_residual(self.motion_modules(), scale)
+
+    @contextmanager
+    def temporal_windows(self, fuse: FuseFrames) -> Iterator[None]:
+        blocks = [block for module in self.motion_modules() for block in module.transformer_blocks]
+        for block in blocks:
+            block.forward = partial(_windowed_block, block, fuse)
+        try:
+            yield
+        finally:
+            for block in blocks:
+                del block.forward
 
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         frames = latents.shape[2]
         embeds, _ = cond.flat(frames)  # (B*F, L, D), frame-major per video
         return self.unet(latents, t, encoder_hidden_states=embeds).sample  # (B, C, F, h, w)
+
+
+def _windowed_block(
+    block: nn.Module,
+    fuse: FuseFrames,
+    hidden_states: Tensor,
+    encoder_hidden_states=None,
+    cross_attention_kwargs=None,
+    **_,
+) -> Tensor:
+    """A motion module's BasicTransformerBlock with its two frame attentions run per context window and
+    fused before the feed-forward, as diffusers' FreeNoiseTransformerBlock does."""
+    kwargs = cross_attention_kwargs or {}
+
+    def attend(h: Tensor) -> Tensor:  # (N, L, C): one window of frames per pixel
+        n = block.pos_embed(block.norm1(h)) if block.pos_embed is not None else block.norm1(h)
+        context = encoder_hidden_states if block.only_cross_attention else None
+        h = block.attn1(n, encoder_hidden_states=context, **kwargs) + h
+        if block.attn2 is not None:
+            n = block.pos_embed(block.norm2(h)) if block.pos_embed is not None else block.norm2(h)
+            h = block.attn2(n, encoder_hidden_states=encoder_hidden_states, **kwargs) + h
+        return h
+
+    h = fuse(hidden_states, attend)  # (N, F, C)
+    return block.ff(block.norm3(h)) + h
 
 
 class UNetFramesDenoiser(VideoDenoiser):

@@ -53,6 +53,7 @@ class TemporalAttention(nn.Module):
         nn.init.zeros_(self.to_out.weight)  # a new layer is the identity: AnimateDiff's zero-initialised output
         nn.init.zeros_(self.to_out.bias)
         self.register_buffer("pe", sinusoid(max_frames, dim), persistent=False)  # (max_frames, dim)
+        self.fuse = None  # set while context windows (scope `motion`) split the frames: see adapters.context
 
     @property
     def max_frames(self) -> int:
@@ -63,11 +64,16 @@ class TemporalAttention(nn.Module):
         bf, n, c = x.shape
         b = bf // frames
         h = x.reshape(b, frames, n, c).transpose(1, 2).reshape(b * n, frames, c)  # (B*N, F, C)
-        h = self.norm(h) + self.pe[:frames].to(h.dtype)  # (B*N, F, C)
-        q, k, v = self.to_qkv(h).reshape(b * n, frames, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B*N, heads, F, C/heads)
-        h = self.to_out(h.transpose(1, 2).reshape(b * n, frames, c))  # (B*N, F, C)
+        h = self.fuse(h, self.attend) if self.fuse is not None else self.attend(h)  # (B*N, F, C)
         return h.reshape(b, n, frames, c).transpose(1, 2).reshape(bf, n, c)  # (B*F, N, C)
+
+    def attend(self, h: Tensor) -> Tensor:
+        """(B*N, F, C) frames of each token -> their update (B*N, F, C)."""
+        bn, frames, c = h.shape
+        h = self.norm(h) + self.pe[:frames].to(h.dtype)  # (B*N, F, C)
+        q, k, v = self.to_qkv(h).reshape(bn, frames, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B*N, heads, F, C/heads)
+        return self.to_out(h.transpose(1, 2).reshape(bn, frames, c))  # (B*N, F, C)
 
 
 class SD3TemporalLayers(nn.Module):
