@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 from helpers import LATENT
+from safetensors.torch import save_file
 
 from vidiff import VideoPipeline
 from vidiff.adapters.base import Conditioning
@@ -110,14 +111,18 @@ def test_save_load_round_trip_and_bad_inputs(seq, tmp_path, sd3_folder):
         )
 
 
-def test_sd3_refuses_diffusion_schedulers_and_sd1_refuses_prompt_2(seq, sd1_folder, sd3_folder):
+def test_sd3_refuses_diffusion_schedulers_and_sd1_refuses_prompt_2(seq, sd1_folder, sd3_folder, tmp_path):
     with pytest.raises(InvalidArgument, match="needs a flow-matching"):
         seq("a cat", scheduler="ddim", **OPTS)
     sd1 = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", dtype="float32")
     with pytest.raises(InvalidArgument, match="--prompt-2"):
         sd1("a cat", prompt_2="x", **OPTS)
-    with pytest.raises(InvalidArgument, match="--lora: LoRAs and --vae apply to Stable Diffusion 1.x"):
-        VideoPipeline.from_pretrained(str(sd3_folder), loras=["style.safetensors"], dtype="float32")
+    with pytest.raises(InvalidArgument, match="--vae: applies to Stable Diffusion 1.x models only"):
+        VideoPipeline.from_pretrained(str(sd3_folder), vae="vae.safetensors", dtype="float32")
+    sd1_lora = tmp_path / "style.safetensors"
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(1, 1)}, sd1_lora)
+    with pytest.raises(LoadError, match="--lora: style.safetensors is a LoRA for Stable Diffusion 1.x"):
+        VideoPipeline.from_pretrained(str(sd3_folder), loras=[str(sd1_lora)], dtype="float32")
 
 
 def test_motion_stage_trains_only_temporal_layers(sd3_folder, tmp_path):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from vidiff.demo.data import render_clip
 from vidiff.errors import InvalidArgument
-from vidiff.train import TrainConfig, train
+from vidiff.train import TrainConfig, make_stage, train
 from vidiff.train.data import VideoFolder
 
 
@@ -85,6 +85,70 @@ def test_motion_stage_trains_only_motion_modules(trained, tmp_path):
     assert proj_out and any(v.abs().max() > 0 for v in proj_out)  # zero-initialised, then trained
 
 
+def test_trainable_patterns_select_exactly_the_named_parameters(trained, tmp_path):
+    """AnimateDiff's trainable_modules rule: motion modules plus the spatial cross-attention train, all else
+    is bit-identical after a step; the optimizer holds exactly the selected parameters; spatial weights are
+    written into the model folder, motion modules into the adapter."""
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns(".train-*"))
+    cfg = TrainConfig(stage="motion", model=folder, steps=2, batch_size=1, frames=8, lr=1e-2, warmup=1,
+                      out=tmp_path / "adapter", trainable=("motion_modules.", "attn2."))  # fmt: skip
+    stage = make_stage(cfg)
+    before = {k: v.clone() for k, v in stage.unet.state_dict().items()}
+    selected = {n for n, _ in stage.unet.named_parameters() if "motion_modules." in n or "attn2." in n}
+    assert {n for n, p in stage.unet.named_parameters() if p.requires_grad} == selected
+    assert set(stage.trained_groups()) == {"motion", "spatial"}
+    train(cfg, progress=False, stage=stage)
+    after = stage.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in selected)
+    changed = {k for k in selected if not torch.equal(before[k], after[k])}
+    assert len(changed) > 0.9 * len(selected)
+    optimizer = torch.load(cfg.checkpoint, weights_only=True)["optimizer"]
+    assert sum(len(g["params"]) for g in optimizer["param_groups"]) == len(selected)
+    saved = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(saved[k], after[k]) for k in saved)  # the image UNet's names, trained values
+    assert any(not torch.equal(saved[k], before[k]) for k in saved if "attn2." in k)
+    with pytest.raises(InvalidArgument, match="--trainable: nothing_like_this selects no parameter"):
+        make_stage(TrainConfig(stage="motion", model=folder, trainable=("nothing_like_this",)))
+    with pytest.raises(InvalidArgument, match="--lora-rank: trains the spatial layers as a LoRA"):
+        make_stage(TrainConfig(stage="motion", model=folder, trainable=("attn2.",), lora_rank=4))
+
+
+def test_spatial_lora_export_loads_back_through_lora(trained, tmp_path):
+    """A LoRA trained on the spatial attention (motion modules alongside) loads through `--lora` and gives
+    the trained model's prediction; the image UNet's file is untouched."""
+    import shutil
+
+    from vidiff import VideoPipeline
+    from vidiff.adapters.base import Conditioning
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns(".train-*"))
+    unet_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    before = load_file(unet_file)
+    cfg = TrainConfig(stage="motion", model=folder, steps=3, batch_size=1, frames=8, lr=1e-2, warmup=1,
+                      out=tmp_path / "adapter", lora_rank=4)  # fmt: skip
+    stage = make_stage(cfg)
+    assert set(stage.trained_groups()) == {"motion", "lora"}
+    train(cfg, progress=False, stage=stage)
+    after = load_file(unet_file)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    torch.manual_seed(0)
+    x, embeds = torch.randn(1, 4, 8, 8, 8), torch.randn(1, 77, stage.unet.config.cross_attention_dim)
+    with torch.no_grad():
+        want = stage.denoiser.predict(x, torch.tensor(500), Conditioning(embeds))
+        kw = dict(motion_module=str(tmp_path / "adapter"), dtype="float32")
+        pipe = VideoPipeline.from_pretrained(str(folder), loras=[str(cfg.lora_path)], **kw)
+        got = pipe.denoiser.predict(x, torch.tensor(500), Conditioning(embeds))
+        plain = VideoPipeline.from_pretrained(str(folder), **kw).denoiser.predict(
+            x, torch.tensor(500), Conditioning(embeds)
+        )
+    assert (got - want).abs().max() < 1e-4  # LoRA fused at load vs live peft layers, float32
+    assert (plain - want).abs().max() > 1e-3  # the LoRA learned something
+
+
 def test_resume_equals_uninterrupted(trained, tmp_path):
     """Interrupt after 3 of 6 steps; rerunning resumes at step 3 and ends with the same weights."""
     whole = run("motion", trained, 6, batch_size=1, frames=8, out=tmp_path / "whole", every=3)
@@ -150,6 +214,25 @@ def test_sd3_family_image_and_temporal_stages(trained, tmp_path):
         pipe = VideoPipeline.from_pretrained(str(folder), dtype="float32", **kw)
         out = pipe("a red circle moving right", frames=8, steps=2, seed=0, max_sequence_length=77, progress=False)
         assert out.frames[0].shape == (8, 64, 64, 3)
+    # temporal layers plus a LoRA on the MMDiT's attention: the LoRA loads back through --lora
+    cfg = TrainConfig(stage="motion", model=folder, steps=3, batch_size=1, frames=8, lr=1e-2, warmup=1,
+                      out=tmp_path / "t2.safetensors", lora_rank=4)  # fmt: skip
+    stage = make_stage(cfg)
+    assert set(stage.trained_groups()) == {"motion", "lora"}
+    train(cfg, progress=False, stage=stage)
+    assert all(
+        torch.equal(before[k], v)
+        for k, v in load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors").items()
+    )
+    torch.manual_seed(0)
+    x, t = torch.randn(1, stage.transformer.config.in_channels, 8, 8, 8), torch.tensor(700.0)
+    with torch.no_grad():
+        cond = stage.flow.cond(["a red circle moving right"], None, grad=False)
+        want = stage.denoiser.predict(x, t, cond)
+        kw = dict(motion_module=str(cfg.out), dtype="float32")
+        got = VideoPipeline.from_pretrained(str(folder), loras=[str(cfg.lora_path)], **kw).denoiser.predict(x, t, cond)
+        plain = VideoPipeline.from_pretrained(str(folder), **kw).denoiser.predict(x, t, cond)
+    assert (got - want).abs().max() < 1e-4 and (plain - want).abs().max() > 1e-3
 
 
 def test_keyframe_share_picks_first_frames():

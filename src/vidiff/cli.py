@@ -7,7 +7,6 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from .accel.deep_cache import DeepCacheConfig
 from .accel.pab import PABConfig
@@ -224,15 +223,21 @@ def decode(args: argparse.Namespace) -> None:
 
 
 def train_stage(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, train
+    from .train import TrainConfig, make_stage, train
+    from .train.trainer import direction_probe
 
-    cfg = TrainConfig(**_fields(args, TrainConfig, model=Path(args.model), out=Path(args.out) if args.out else None))
+    cfg = TrainConfig(**_fields(args, TrainConfig))
     start = time.perf_counter()
-    losses = train(cfg)
+    stage = make_stage(cfg)
+    losses = train(cfg, stage=stage)
     print(
         f"{args.stage}: {len(losses)} steps, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, "
         f"{time.perf_counter() - start:.0f} s this run"
     )
+    if args.probe:
+        true, swapped = direction_probe(stage, args.probe)
+        print(f"direction probe ({args.probe} clips, t >= 600): loss {true:.4f} true word, {swapped:.4f} swapped, "
+              f"gap {(swapped - true) / true:+.1%}")  # fmt: skip
 
 
 def eval_demo(args: argparse.Namespace) -> None:

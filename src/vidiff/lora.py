@@ -1,4 +1,5 @@
-"""LoRAs on the image model (`--lora`) and on the motion modules (`--motion-lora`), fused into the weights.
+"""LoRAs on the image model (`--lora`) and on the motion modules (`--motion-lora`), fused into the weights;
+and the spatial LoRA `vidiff train motion --lora-rank` trains and writes in diffusers' layout.
 
 Files in the layouts users have (kohya / A1111 `lora_unet_*` and `lora_te_*` with `alpha`, diffusers, peft,
 diffusers' AnimateDiff motion LoRAs) are read and applied by diffusers' own LoRA loader and peft; the
@@ -19,10 +20,12 @@ from .errors import InvalidArgument, LoadError
 from .motion.original_lora import is_original_lora, merge_original_lora
 from .tensor_files import read_state_dict
 
-OTHER_ARCHITECTURES = (  # key patterns of LoRAs made for other backbones -> what they are for
-    (r"^lora_te2_|^text_encoder_2\.|input_blocks_\d|\.input_blocks\.", "SDXL"),
-    (r"^transformer\.|^lora_transformer_|joint_blocks|context_embedder", "SD 3 / Flux (a DiT)"),
-)
+SDXL = (r"^lora_te2_|^text_encoder_2\.|input_blocks_\d|\.input_blocks\.", "SDXL")
+OTHER_ARCHITECTURES = {  # per backbone: key patterns of LoRAs made for other backbones -> what they are for
+    "sd1": (SDXL, (r"^transformer\.|^lora_transformer_|joint_blocks|context_embedder", "SD 3 / Flux (a DiT)")),
+    "sd3": (SDXL, (r"^unet\.|^lora_unet_|down_blocks", "Stable Diffusion 1.x (a UNet)")),
+}
+NAMES = {"sd1": "Stable Diffusion 1.x", "sd3": "SD 3"}
 
 
 @dataclass(frozen=True)
@@ -45,20 +48,20 @@ class Lora:
         return cls(path, value)
 
 
-def _check_architecture(state: dict, path: str, argument: str) -> None:
-    for pattern, what in OTHER_ARCHITECTURES:
+def _check_architecture(state: dict, path: str, argument: str, family: str) -> None:
+    for pattern, what in OTHER_ARCHITECTURES[family]:
         if any(re.search(pattern, k) for k in state):
-            raise LoadError(argument, f"{Path(path).name} is a LoRA for {what}; this model is Stable Diffusion 1.x")
+            raise LoadError(argument, f"{Path(path).name} is a LoRA for {what}; this model is {NAMES[family]}")
 
 
-def _read(lora: Lora, argument: str, motion_only: bool) -> dict:
+def _read(lora: Lora, argument: str, motion_only: bool, family: str) -> dict:
     path = Path(lora.path)
     if not path.is_file():
         raise LoadError(argument, f"no such file: {path}")
     state = read_state_dict(path, argument)  # safetensors or a tensor-only pickle, never code
     if not any("lora" in k.lower() for k in state):
         raise LoadError(argument, f"{path.name} holds no LoRA weights (no lora_* / *.lora_A / *_lora keys)")
-    _check_architecture(state, lora.path, argument)
+    _check_architecture(state, lora.path, argument, family)
     if motion_only:
         state = {k: v for k, v in state.items() if "motion_modules" in k}
         if not state:
@@ -73,26 +76,32 @@ def apply_loras(
     argument: str,
     motion_only: bool = False,
     fuse: bool = True,
+    family: str = "sd1",
 ) -> list[str]:
-    """Load each LoRA through diffusers/peft into the UNet (and the text encoder), at its scale, then fuse
-    them into the weights and drop the peft layers; `motion_only` keeps only motion-module layers (motion
-    LoRAs). Returns one note per LoRA."""
+    """Load each LoRA through diffusers/peft into the UNet (and the text encoder), or SD 3's transformer, at
+    its scale, then fuse them into the weights and drop the peft layers; `motion_only` keeps only
+    motion-module layers (motion LoRAs). Returns one note per LoRA."""
+    from diffusers.loaders import SD3LoraLoaderMixin
     from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
     from diffusers.loaders.lora_base import fuse_text_encoder_lora
     from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
     notes, names, scales, text_names, text_scales = [], [], [], [], []
     for i, lora in enumerate(loras):
-        state = _read(lora, argument, motion_only)
+        state = _read(lora, argument, motion_only, family)
         name = f"vidiff_{i}"
         if is_original_lora(state):  # AnimateDiff's own layout: merged directly
             layers = merge_original_lora(unet, state, lora.scale, argument)
             notes.append(f"{argument} {Path(lora.path).name}: {layers} layers (AnimateDiff layout) at {lora.scale:g}")
             continue
         try:
-            converted, alphas = Loader.lora_state_dict(dict(state))
             before = len(list(unet.modules()))
-            Loader.load_lora_into_unet(converted, alphas, unet=unet, adapter_name=name)
+            if family == "sd3":
+                converted = SD3LoraLoaderMixin.lora_state_dict(dict(state))
+                SD3LoraLoaderMixin.load_lora_into_transformer(converted, transformer=unet, adapter_name=name)
+            else:
+                converted, alphas = Loader.lora_state_dict(dict(state))
+                Loader.load_lora_into_unet(converted, alphas, unet=unet, adapter_name=name)
             names.append(name), scales.append(lora.scale)
             if text_encoder is not None and any(k.startswith("text_encoder.") for k in converted):
                 Loader.load_lora_into_text_encoder(
@@ -121,3 +130,30 @@ def apply_loras(
 
         recurse_remove_peft_layers(text_encoder)
     return notes
+
+
+# the spatial attention projections (SD 1.x attn1/attn2, the MMDiT's attn), never a motion module's
+SPATIAL_ATTENTION = r"^(?!.*motion_modules).*\.attn[12]?\.(to_q|to_k|to_v|to_out\.0)$"
+
+
+def add_training_lora(model: nn.Module, rank: int) -> None:
+    """A fresh peft LoRA (alpha = rank, so scale 1) on `model`'s spatial attention, ready to train."""
+    from peft import LoraConfig
+
+    model.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=SPATIAL_ATTENTION)
+    )
+
+
+def save_training_lora(model: nn.Module, prefix: str, path: Path, dtype) -> None:
+    """The LoRA of `model` as diffusers writes it (`{prefix}.<layer>.lora_A.weight`), atomically."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from .atomic import atomic_file
+
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    tensors = {f"{prefix}.{k}": v.detach().to(dtype).contiguous() for k, v in state.items()}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})

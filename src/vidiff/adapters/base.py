@@ -44,10 +44,16 @@ class LoadOptions:
     vae: str | None = None  # replace the model's VAE: a diffusers folder or an original-layout file
     fuse_loras: bool = True  # False keeps live peft layers (the benchmark's unfused row)
 
-    def refuse_sd1_only(self) -> None:
-        """LoRAs and a replacement VAE apply to Stable Diffusion 1.x models only, for now."""
-        if self.loras or self.motion_loras or self.vae:
-            raise InvalidArgument("--lora", "LoRAs and --vae apply to Stable Diffusion 1.x models only, for now")
+    def refuse_sd1_only(self, loras: bool = True) -> None:
+        """Motion LoRAs and a replacement VAE (and image LoRAs, unless `loras` is False: the backbone takes
+        them) apply to Stable Diffusion 1.x models only, for now."""
+        for flag, given in (
+            ("--lora", loras and self.loras),
+            ("--motion-lora", self.motion_loras),
+            ("--vae", self.vae),
+        ):
+            if given:
+                raise InvalidArgument(flag, "applies to Stable Diffusion 1.x models only, for now")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from torch import Tensor, nn
 
 from ..loading import load_part, require_parts
+from ..lora import apply_loras
 from ..motion.scale import scale_update
 from ..motion.sd3_temporal import SD3TemporalLayers
 from ..text import SD3PromptEncoder
@@ -98,7 +99,7 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     """An SD 3 / 3.5 folder as a video backbone (the `sd3` spec)."""
     start = time.perf_counter()
     require_parts(folder, PARTS, "SD 3")
-    options.refuse_sd1_only()
+    options.refuse_sd1_only(loras=False)
     dtype = options.dtype
     tokenizers, encoders = load_text_encoders(folder, dtype, options.use_t5)
     transformer = load_part(SD3Transformer2DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)
@@ -106,10 +107,13 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     config = dict(load_part(FlowMatchEulerDiscreteScheduler.load_config, folder / "scheduler"))
     for module in (*[e for e in encoders if e is not None], transformer, vae):
         module.to(options.device).eval().requires_grad_(False)
+    notes = apply_loras(transformer, None, list(options.loras), "--lora", fuse=options.fuse_loras, family="sd3")
     temporal = SD3TemporalLayers.load(options.motion_module) if options.motion_module else None
     if temporal is not None and options.mode == "motion":
         denoiser: VideoDenoiser = SD3Denoiser(transformer, temporal)
     else:
         denoiser = ImageSequentialDenoiser(SD3Denoiser(transformer), options.frame_noise, options.frame_batch)
     encoder = SD3PromptEncoder(tokenizers, encoders, transformer.config.joint_attention_dim)
-    return Loaded(encoder, denoiser, vae, config, transformer.config.sample_size, time.perf_counter() - start)
+    return Loaded(
+        encoder, denoiser, vae, config, transformer.config.sample_size, time.perf_counter() - start, notes=notes
+    )

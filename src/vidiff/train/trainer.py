@@ -4,11 +4,15 @@
   factor is measured at the end (1 / std of the latents), as Stable Diffusion's was.
 - `image`: the UNet and text encoder on single frames, VAE frozen (diffusion loss, captions dropped 10% of
   the time so classifier-free guidance works).
-- `motion`: only the motion modules (AnimateDiff's `motion_modules.` rule) on clips, the image model frozen.
-  Works on any SD 1.x folder, a user's real one included.
+- `motion`: the motion modules on clips, the image model frozen. `trainable` is AnimateDiff's
+  `trainable_modules` rule (a parameter trains when its name contains one of the patterns; default
+  `motion_modules.`), so spatial layers can train too; `lora_rank` trains a LoRA on the spatial attention
+  instead. Motion modules export to the motion adapter, spatial weights into the model folder, the LoRA to
+  a file `--lora` loads. Works on any SD 1.x folder, a user's real one included.
 
 SD 3 folders (or `family="sd3"` for a new one) train the same way with a rectified-flow loss: `image` the
-MMDiT and both CLIP encoders, `motion` vidiff's temporal layers with the transformer frozen.
+MMDiT and both CLIP encoders, `motion` vidiff's temporal layers (named `motion_modules.` for the rule) with
+the transformer frozen unless the patterns name its parameters (`transformer.` + its own names).
 
 Every step draws its batch, noise and timesteps from generators seeded by (seed, step), so a run resumed
 from a checkpoint continues exactly as the uninterrupted run would have.
@@ -38,6 +42,7 @@ from ..demo import model as demo
 from ..errors import InvalidArgument
 from ..layout import MOTION_ADAPTER, write_model_index
 from ..loading import DTYPES
+from ..lora import add_training_lora, save_training_lora
 from ..motion.animatediff_format import load_motion_adapter
 from ..motion.groupnorm import CONFIG_KEY as GROUPNORM_KEY
 from ..specs import detect
@@ -70,7 +75,15 @@ class TrainConfig:
     keyframe_share: float = 0.0  # image stages: how often a clip's first frame is drawn (else any frame)
     text_lr_scale: float = 1.0  # image stages: the text encoders learn this much slower (0: frozen)
     family: str | None = None  # a new folder's architecture: "sd1" (default) or "sd3"; else the folder's own
+    trainable: tuple[str, ...] = ("motion_modules.",)  # motion stage: names containing one of these train
+    lora_rank: int = 0  # motion stage: > 0 adds a LoRA of this rank on the spatial attention
+    lora_out: Path | None = None  # where that LoRA goes (default MODEL/spatial_lora.safetensors)
     losses: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.model = Path(self.model)
+        self.out, self.lora_out = (Path(p) if p else None for p in (self.out, self.lora_out))
+        self.trainable = tuple(self.trainable)
 
     def validate(self) -> None:
         if self.stage not in STAGES:
@@ -84,8 +97,16 @@ class TrainConfig:
             raise InvalidArgument("--keyframe-share", f"must be in [0, 1], got {self.keyframe_share}")
         if self.text_lr_scale < 0:
             raise InvalidArgument("--text-lr-scale", f"must be >= 0, got {self.text_lr_scale}")
+        if not self.trainable or not all(self.trainable):
+            raise InvalidArgument("--trainable", "needs at least one non-empty pattern")
+        if self.lora_rank < 0:
+            raise InvalidArgument("--lora-rank", f"must be >= 0, got {self.lora_rank}")
         if self.family is not None and self.family not in SKELETONS:
             raise InvalidArgument("--family", f"unknown family {self.family!r} (choose from sd1, sd3)")
+
+    @property
+    def lora_path(self) -> Path:
+        return self.lora_out or self.model / "spatial_lora.safetensors"
 
     @property
     def checkpoint(self) -> Path:
@@ -113,6 +134,11 @@ def add_arguments(tr) -> None:
     tr.add_argument("--family", choices=("sd1", "sd3"), help="architecture of a new demo-sized model (default sd1)")
     tr.add_argument("--keyframe-share", type=float, default=0.0, help="image stage: share of first frames drawn")
     tr.add_argument("--text-lr-scale", type=float, default=1.0, help="image stage: text lr factor (0: frozen)")
+    tr.add_argument("--trainable", nargs="+", default=["motion_modules."], metavar="PATTERN",
+                    help="motion stage: parameters whose names contain one of these train ('.' = all)")  # fmt: skip
+    tr.add_argument("--lora-rank", type=int, default=0, help="motion stage: a LoRA of this rank on spatial attention")
+    tr.add_argument("--lora-out", help="where that LoRA is written (default MODEL/spatial_lora.safetensors)")
+    tr.add_argument("--probe", type=int, default=0, metavar="CLIPS", help="motion stage: then the direction-word probe")
 
 
 class Stage:
@@ -131,6 +157,30 @@ class Stage:
             scale = cfg.text_lr_scale if name.startswith("text_encoder") else 1.0
             groups.setdefault(scale, []).extend(p for p in module.parameters() if p.requires_grad)
         return [{"params": ps, "scale": scale} for scale, ps in groups.items() if ps]
+
+    def select(self, patterns: tuple[str, ...]) -> None:
+        """AnimateDiff's `trainable_modules` rule over `module.parameter` names; LoRA layers always train."""
+        for key, module in self.modules.items():
+            for name, p in module.named_parameters():
+                p.requires_grad_("lora_" in name or any(pat in f"{key}.{name}" for pat in patterns))
+        if not self.params():
+            raise InvalidArgument("--trainable", f"{' '.join(patterns)} selects no parameter of this model")
+        if {"lora", "spatial"} <= set(self.trained_groups()):
+            raise InvalidArgument("--lora-rank", "trains the spatial layers as a LoRA: --trainable may then name "
+                                  "only motion modules")  # fmt: skip
+
+    def trained_groups(self) -> dict[str, int]:
+        """Trained parameter counts: motion modules, the backbone's spatial layers, LoRA, other modules (vae,
+        text encoders) by name."""
+        groups: dict[str, int] = {}
+        for key, module in self.modules.items():
+            for name, p in module.named_parameters():
+                if p.requires_grad:
+                    full = f"{key}.{name}"
+                    group = "lora" if "lora_" in name else "motion" if "motion_modules." in full else key
+                    group = "spatial" if group in ("unet", "transformer") else group
+                    groups[group] = groups.get(group, 0) + p.numel()
+        return groups
 
     def freeze_text(self) -> None:
         """Text encoders frozen, as Stable Diffusion's CLIP is: no gradient, no optimizer state."""
@@ -216,17 +266,22 @@ class _Diffusion:
         with torch.no_grad():
             return self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor  # (N, 4, h, w)
 
-    def tokens(self, captions: list[str], rng: np.random.Generator) -> Tensor:
-        captions = ["" if rng.random() < self.cfg.uncond_prob else c for c in captions]
+    def drop(self, captions: list[str], rng: np.random.Generator) -> list[str]:
+        """Captions emptied at `uncond_prob` (classifier-free guidance's unconditional case)."""
+        return ["" if rng.random() < self.cfg.uncond_prob else c for c in captions]
+
+    def tokens(self, captions: list[str]) -> Tensor:
         return self.tokenizer(
             captions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
             return_tensors="pt",
         ).input_ids  # fmt: skip
 
-    def noised(self, latents: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-        """(noisy latents, timesteps, regression target) for clean latents batch-first."""
+    def noised(self, latents: Tensor, gen: torch.Generator, high: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
+        """(noisy latents, timesteps, regression target) for clean latents batch-first; timesteps drawn from
+        the top `1 - high` of the schedule."""
         noise = torch.randn(latents.shape, generator=gen)
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (latents.shape[0],), generator=gen)
+        steps = self.noise.config.num_train_timesteps
+        t = torch.randint(int(high * steps), steps, (latents.shape[0],), generator=gen)
         noisy = self.noise.add_noise(latents, noise, t)
         if self.noise.config.prediction_type == "v_prediction":
             return noisy, t, self.noise.get_velocity(latents, noise, t)
@@ -251,7 +306,7 @@ class ImageStage(Stage):
     def loss(self, rng, gen):
         pixels, captions = self.data.images(rng, self.cfg.batch_size, self.cfg.keyframe_share)  # (B, 3, H, W)
         latents = self.diff.encode(pixels)  # (B, 4, h, w)
-        embeds = self.text(self.diff.tokens(captions, rng))[0]  # (B, 77, D)
+        embeds = self.text(self.diff.tokens(self.diff.drop(captions, rng)))[0]  # (B, 77, D)
         noisy, t, target = self.diff.noised(latents, gen)
         pred = self.denoiser.predict(noisy[:, :, None], t, Conditioning(embeds))[:, :, 0]  # (B, 4, h, w)
         return F.mse_loss(pred, target)
@@ -273,21 +328,28 @@ class MotionStage(Stage):
             adapter = demo.motion_adapter_for(dict(unet2d.config), max_frames=max(32, cfg.frames))
         self.adapter_keys = list(adapter.state_dict())
         self.adapter_config = dict(adapter.config)
+        self.unet2d = unet2d
         self.unet = merge_motion_unet(unet2d, adapter).train()
-        for name, p in self.unet.named_parameters():
-            p.requires_grad_("motion_modules." in name)
+        if cfg.lora_rank:
+            add_training_lora(self.unet, cfg.lora_rank)
         self.modules = {"unet": self.unet}
+        self.select(cfg.trainable)
         self.denoiser = UNetMotionDenoiser(self.unet)
         self.cfg, self.data = cfg, data
 
     def loss(self, rng, gen):
         videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
+        return self.clip_loss(videos, captions, gen, rng=rng)
+
+    def clip_loss(self, videos: Tensor, captions: list[str], gen: torch.Generator, high=0.0, rng=None) -> Tensor:
+        """The loss on clips (B, F, 3, H, W) at noise levels from `high` up; with `rng`, captions dropped."""
+        captions = self.diff.drop(captions, rng) if rng is not None else captions
         b, f = videos.shape[:2]
         latents = self.diff.encode(videos.flatten(0, 1))  # (B*F, 4, h, w)
         latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (B, 4, F, h, w)
         with torch.no_grad():
-            embeds = self.text(self.diff.tokens(captions, rng))[0]  # (B, 77, D)
-        noisy, t, target = self.diff.noised(latents, gen)
+            embeds = self.text(self.diff.tokens(captions))[0]  # (B, 77, D)
+        noisy, t, target = self.diff.noised(latents, gen, high)
         pred = self.denoiser.predict(noisy, t, Conditioning(embeds))  # (B, 4, F, h, w)
         return F.mse_loss(pred, target)
 
@@ -301,6 +363,11 @@ class MotionStage(Stage):
         _save(adapter, self.out, dtype)
         if self.out == self.cfg.model / "motion_adapter":
             write_model_index(self.cfg.model, **MOTION_ADAPTER)
+        if self.trained_groups().get("spatial"):  # the image UNet's own names are the merged model's others
+            self.unet2d.load_state_dict({k: state[k] for k in self.unet2d.state_dict()})
+            _save(self.unet2d, self.cfg.model / "unet", dtype)
+        if self.cfg.lora_rank:
+            save_training_lora(self.unet, "unet", self.cfg.lora_path, dtype)
 
 
 class _Flow:
@@ -320,15 +387,18 @@ class _Flow:
             z = self.vae.encode(pixels).latent_dist.mean  # (N, C, h, w)
         return (z - (c.shift_factor or 0.0)) * c.scaling_factor
 
-    def cond(self, captions: list[str], rng: np.random.Generator, grad: bool):
-        captions = ["" if rng.random() < self.cfg.uncond_prob else t for t in captions]
+    def cond(self, captions: list[str], rng: np.random.Generator | None, grad: bool):
+        """Prompt embeddings; with `rng`, captions emptied at `uncond_prob` first."""
+        if rng is not None:
+            captions = ["" if rng.random() < self.cfg.uncond_prob else t for t in captions]
         with torch.set_grad_enabled(grad):
             return self.encoder.encode(captions, max_sequence_length=self.MAX_SEQUENCE_LENGTH)
 
-    def loss(self, denoiser: SD3Denoiser, z: Tensor, cond, frames: int, gen: torch.Generator) -> Tensor:
-        """z (B*F, C, h, w) clean latents, one noise level per clip of `frames` frames: the flow's velocity."""
+    def loss(self, denoiser: SD3Denoiser, z: Tensor, cond, frames: int, gen: torch.Generator, high=0.0) -> Tensor:
+        """z (B*F, C, h, w) clean latents, one noise level in [high, 1) per clip of `frames` frames: the flow's
+        velocity."""
         b, c, h, w = z.shape[0] // frames, *z.shape[1:]
-        sigma = torch.rand(b, generator=gen)  # (B,)
+        sigma = high + (1 - high) * torch.rand(b, generator=gen)  # (B,)
         noise = torch.randn(z.shape, generator=gen).reshape(b, frames, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
         z = z.reshape(b, frames, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
         s = sigma[:, None, None, None, None]
@@ -397,18 +467,49 @@ class SD3MotionStage(Stage):
         else:
             self.layers = SD3TemporalLayers.for_transformer(self.transformer, max_frames=max(32, cfg.frames))
         self.denoiser = SD3Denoiser(self.transformer, self.layers)  # attaches the layers
-        self.modules = {"temporal": self.layers.train()}
+        if cfg.lora_rank:
+            add_training_lora(self.transformer, cfg.lora_rank)
+        self.modules = {"motion_modules": self.layers.train(), "transformer": self.transformer.train()}
+        self.select(cfg.trainable)
         self.cfg, self.data = cfg, data
 
     def loss(self, rng, gen):
         videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
+        return self.clip_loss(videos, captions, gen, rng=rng)
+
+    def clip_loss(self, videos: Tensor, captions: list[str], gen: torch.Generator, high=0.0, rng=None) -> Tensor:
         f = videos.shape[1]
         z = self.flow.encode(videos.flatten(0, 1))  # (B*F, C, h, w)
-        return self.flow.loss(self.denoiser, z, self.flow.cond(captions, rng, grad=False), f, gen)
+        return self.flow.loss(self.denoiser, z, self.flow.cond(captions, rng, grad=False), f, gen, high)
 
     def export(self, dtype):
         self.layers.to(dtype).save(self.out)
         self.layers.to(torch.float32)
+        if self.trained_groups().get("spatial"):
+            _save(self.transformer, self.cfg.model / "transformer", dtype)
+        if self.cfg.lora_rank:
+            save_training_lora(self.transformer, "transformer", self.cfg.lora_path, dtype)
+
+
+SWAPPED = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@torch.no_grad()
+def direction_probe(stage: Stage, clips: int = 32, high: float = 0.6, seed: int = 0) -> tuple[float, float]:
+    """Mean motion-stage loss on `clips` demo clips with the true caption and with its direction word
+    swapped, on the same clips, noise and noise levels (from `high` of the schedule up): a model that reads
+    the direction has a lower loss with the true word."""
+    losses = []
+    for swap in (False, True):
+        rng, out = np.random.default_rng([seed, 7]), []
+        for _ in range(clips // 4):
+            videos, captions = stage.data.clips(rng, 4)  # (4, F, 3, H, W)
+            if swap:
+                captions = [" ".join(SWAPPED.get(w, w) for w in c.split()) for c in captions]
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + len(out))
+            out.append(stage.clip_loss(videos, captions, gen, high).item())
+        losses.append(float(np.mean(out)))
+    return losses[0], losses[1]
 
 
 STAGE_CLASSES = {
@@ -425,8 +526,8 @@ def _save_checkpoint(path: Path, stage: Stage, opt: torch.optim.Optimizer, step:
         torch.save(state, tmp)
 
 
-def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Run (or resume) one stage to `cfg.steps`, then export its weights. Returns the loss per step."""
+def make_stage(cfg: TrainConfig) -> Stage:
+    """The stage `cfg` names, on its model folder and data, with its trainable parameters selected."""
     cfg.validate()
     torch.manual_seed(cfg.seed)  # fresh-module initialisation
     data = open_data(cfg.data, cfg.frames, cfg.size)
@@ -437,7 +538,22 @@ def train(cfg: TrainConfig, progress: bool = True, on_step: Callable[[int, float
     stage = STAGE_CLASSES[cfg.family][cfg.stage](cfg, data)
     if cfg.text_lr_scale == 0:
         stage.freeze_text()
+    return stage
+
+
+def train(
+    cfg: TrainConfig,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+    stage: Stage | None = None,
+) -> list[float]:
+    """Run (or resume) one stage (`stage`, or the one `cfg` names) to `cfg.steps`, then export its weights.
+    Returns the loss per step."""
+    stage = stage or make_stage(cfg)
     params = stage.params()
+    if progress:
+        groups = ", ".join(f"{name} {count / 1e6:.2f} M" for name, count in stage.trained_groups().items())
+        tqdm.write(f"{cfg.stage}: training {sum(p.numel() for p in params) / 1e6:.2f} M parameters ({groups})")
     lr = cfg.lr or DEFAULT_LR[cfg.stage]
     opt = torch.optim.AdamW(stage.param_groups(cfg), lr=lr, weight_decay=0.0)
     start, losses = 0, []
