@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vidiff.demo.data import ALL_COMBOS, BACKGROUND, COLORS, HELD_OUT, SEEN, render_clip, shape_mask
-from vidiff.demo.evaluate import analyse
+from vidiff.demo.evaluate import analyse, analyse_long
 
 
 def test_held_out_split():
@@ -54,3 +54,14 @@ def test_a_split_object_is_not_coherent():
             frames[f][shape_mask("square", 12 + 2 * f, 48, 6)] = COLORS["white"]
     report = analyse(frames)
     assert report.coherent_frames == 8 and report.direction == "right"
+
+
+def test_a_long_clip_is_read_per_stretch():
+    """64 frames: a circle moves right for 48 frames, then stops: 3 of 4 stretches move, all of them right."""
+    frames = np.full((64, 64, 64, 3), BACKGROUND, dtype=np.uint8)
+    for f in range(64):
+        frames[f][shape_mask("circle", 8 + min(f, 47), 32, 6)] = COLORS["red"]
+    report = analyse_long(frames, 16)
+    assert report.whole.direction == "right" and report.whole.coherent_frames == 64
+    assert [r.direction for r in report.stretches] == ["right", "right", "right", None]
+    assert report.moving == 0.75 and report.direction_consistency == 0.75

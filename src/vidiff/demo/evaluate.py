@@ -89,6 +89,29 @@ def _direction(track: list[tuple[int, float, float]]) -> str | None:
 
 
 @dataclass(frozen=True)
+class LongClipReport:
+    """A long clip as a whole and in consecutive stretches (e.g. one context window of frames each)."""
+
+    whole: ClipReport
+    stretches: list[ClipReport]
+
+    @property
+    def moving(self) -> float:
+        """Fraction of stretches in which the object travels."""
+        return sum(r.direction is not None for r in self.stretches) / len(self.stretches)
+
+    @property
+    def direction_consistency(self) -> float:
+        """Fraction of stretches moving the way the whole clip does."""
+        return sum(r.direction == self.whole.direction for r in self.stretches) / len(self.stretches)
+
+
+def analyse_long(video: np.ndarray, stretch: int = 16) -> LongClipReport:
+    """Report on a clip (F, H, W, 3) and on each run of `stretch` frames (the last may be shorter)."""
+    return LongClipReport(analyse(video), [analyse(video[i : i + stretch]) for i in range(0, len(video), stretch)])
+
+
+@dataclass(frozen=True)
 class Result:
     combo: tuple[str, str, str]  # (color, shape, direction) prompted
     seed: int
