@@ -8,19 +8,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .accel.deep_cache import DeepCacheConfig
-from .accel.pab import PABConfig
-from .adapters.context import FUSES, NOISES, SCHEDULES, SCOPES
-from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .errors import InvalidArgument, RenderInterrupted, VidiffError
-from .motion.groupnorm import MODES as GROUPNORM_MODES
-from .pipeline import MODES
-from .presets import PRESETS
-from .request import GenerationRequest
-from .travel import parse_travel
-
-DEFAULT_MODEL = "demo"
-TRAVEL = ("prompt_travel", "negative_prompt_travel")
+from .options import DEFAULT_MODEL, add_generate_arguments, add_model_arguments, fields_from, job_from_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,24 +20,6 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="folder, single-file checkpoint, hub id, or demo (default)")
-    p.add_argument("--motion-module", help="AnimateDiff motion module: MotionAdapter folder or .ckpt/.safetensors")
-    p.add_argument("--mode", default="motion", choices=MODES, help="motion modules, or frame by frame (sequential)")
-    p.add_argument("--frame-noise", type=float, default=DEFAULT_FRAME_NOISE, help="sequential: per-frame noise")
-    p.add_argument("--frame-batch", type=int, help="sequential: frames per UNet call (default: all)")
-    p.add_argument("--no-t5", action="store_true", help="SD 3: skip the T5 encoder (zeros in its place)")
-    p.add_argument("--groupnorm", default="auto", choices=GROUPNORM_MODES,
-                   help="AnimateDiff GroupNorm: as the module was trained (auto), original, diffusers")  # fmt: skip
-    p.add_argument("--lora", action="append", default=[], dest="loras", metavar="FILE[:SCALE]",
-                   help="LoRA on the image model (kohya/A1111, diffusers, peft), repeatable")  # fmt: skip
-    p.add_argument("--motion-lora", action="append", default=[], dest="motion_loras", metavar="FILE[:SCALE]",
-                   help="LoRA on the motion modules (AnimateDiff v2 motion LoRAs, diffusers), repeatable")  # fmt: skip
-    p.add_argument("--vae", help="replace the model's VAE: a diffusers folder or an original .safetensors/.ckpt")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 where native, else float32), float32, bfloat16, float16")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vidiff", description="Turn image diffusion models into video generators.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -56,60 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="text to video")
     gen.add_argument("prompt", nargs="?", help="what to make (not needed with --resume)")
     gen.add_argument("-o", "--output", help="out.gif | out.mp4 | out.webp | folder/ for PNG frames")
-    _add_model_args(gen)
-    gen.add_argument("--negative-prompt", default="")
-    gen.add_argument("--prompt-travel", help='"0: a cat sitting | 32: a cat running" or a JSON file {frame: prompt}')
-    gen.add_argument("--negative-prompt-travel", help="the same for the negative prompt")
-    gen.add_argument("--travel-interpolation", default="linear", help="between keyframes: linear or slerp")
-    gen.add_argument("--frames", type=int, help="default: 16, or the frames of --image-seeds latents")
-    gen.add_argument("--height", type=int, help="pixels, a multiple of 8 (default: the model's)")
-    gen.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's)")
-    gen.add_argument("--steps", type=int, help="default: 25, or the preset's")
-    gen.add_argument("--guidance-scale", type=float, help="default: 7.5, or the preset's")
-    gen.add_argument(
-        "--preset", choices=PRESETS, help="few-step modules: lightning (AnimateDiff-Lightning), animatelcm"
-    )
-    gen.add_argument("--timestep-spacing", help="override the scheduler's: leading, trailing, linspace")
-    gen.add_argument("--seed", type=int, help="default: random, printed at the end")
-    gen.add_argument(
-        "--scheduler", help="ddim (SD 1.x), euler, euler-a, dpm++2m, pndm, lms, ddpm, lcm; flow-euler (SD 3)"
-    )
-    gen.add_argument("--prompt-2", help="SD 3: the CLIP-G prompt (default: the prompt)")
-    gen.add_argument("--prompt-3", help="SD 3: the T5 prompt (default: the prompt)")
-    gen.add_argument("--max-sequence-length", type=int, default=256, help="SD 3: T5 tokens")
-    gen.add_argument("--beta-schedule", help="override the model's: linear (AnimateDiff's), scaled_linear, ...")
-    gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    gen.add_argument("--context-length", type=int, help="frames per context window (default 16 past the table)")
-    gen.add_argument("--context-overlap", type=int, default=4, help="frames neighbouring windows share")
-    gen.add_argument("--context-stride", type=int, help="frames between window starts (instead of the overlap)")
-    gen.add_argument("--context-schedule", default="uniform", choices=SCHEDULES, help="window placement")
-    gen.add_argument("--loop", action="store_const", const="looped", dest="context_schedule", help="seamless loop")
-    gen.add_argument("--context-fuse", default="pyramid", choices=FUSES, help="weights of overlapping frames")
-    gen.add_argument("--context-scope", default="backbone", choices=SCOPES, help="window the backbone, or motion only")
-    gen.add_argument("--noise-type", default="random", choices=NOISES, help="FreeNoise: shuffle, repeat, random")
-    gen.add_argument("--free-init", type=int, default=1, metavar="N", help="FreeInit passes (1: off)")
-    gen.add_argument("--free-init-method", default="butterworth", help="butterworth, gaussian, ideal or box")
-    gen.add_argument("--motion-scale", type=float, default=1.0, help="temporal layers' effect: 0 image only, 1 full")
-    gen.add_argument("--fps", type=float, default=8.0)
-    gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")
-    gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
-    gen.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    gen.add_argument("--compile-backend", default="inductor", help="any registered torch.compile backend")
-    gen.add_argument("--fast", action="store_true", help="the backbone's best accelerators (UNets: PAB + DeepCache)")
-    gen.add_argument("--pab", action="store_true", help="Pyramid Attention Broadcast (reuse attention between steps)")
-    gen.add_argument("--pab-spatial", type=int, default=2, help="recompute spatial attention every N steps")
-    gen.add_argument("--pab-temporal", type=int, default=3, help="recompute temporal attention every N steps")
-    gen.add_argument("--pab-cross", type=int, default=6, help="recompute cross-attention every N steps")
-    gen.add_argument("--pab-range", type=int, nargs=2, default=(100, 800), metavar=("LO", "HI"), help="timesteps")
-    gen.add_argument("--deep-cache", type=int, nargs="?", const=DeepCacheConfig.skip, metavar="N",
-                     help="UNets: recompute inner blocks every N steps, reuse them between (DeepCache)")  # fmt: skip
-    gen.add_argument("--image-seeds", help='"latents: f.pt" | "src" | "src;latents=f.pt" | "src;mask=m.png"')
-    gen.add_argument("--image-seed-strength", type=float, default=0.8, help="img2img: share of the schedule re-run")
-    gen.add_argument("--denoising-start", type=float, help="fraction of the schedule the input latents have done")
-    gen.add_argument("--denoising-end", type=float, help="stop at this fraction and save the noisy latents")
-    gen.add_argument("--checkpoint-every", type=int, help="save resumable latents every N steps beside the output")
-    gen.add_argument("--resume", help="continue an interrupted run from its .resume.safetensors checkpoint")
+    add_generate_arguments(gen)
 
     dec = sub.add_parser("decode", help="decode saved latents into a video with a model's VAE")
     dec.add_argument("latents", help=".pt, .pth or .safetensors latents")
@@ -127,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_arguments(tr)
 
     ev = sub.add_parser("eval-demo", help="colour / shape / direction accuracy of a model on the demo prompts")
-    _add_model_args(ev)
+    add_model_arguments(ev)
     ev.add_argument("--seeds", type=int, default=3, help="clips per combination")
     ev.add_argument(
         "--modes",
@@ -140,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-sequence-length", type=int, default=256, help="SD 3: T5 tokens (77 for vidiff's SD 3 demo)")
     ev.add_argument("--limit", type=int, help="only the first N combinations of each split")
     ev.add_argument("--json", help="also write the summaries here")
+
+    b = sub.add_parser("batch", help="many videos: a JSONL of jobs or a CSV of prompts, here or on a Ray cluster")
+    b.add_argument("jobs", help="JSONL (one job of generate options a line) or CSV (prompts)")
+    b.add_argument("-o", "--output", required=True, help="the folder for the videos and manifest.jsonl")
+    b.add_argument("--sweep", action="append", default=[], metavar="KEY=VALUES", help="seed=1..8 or key=a,b,c")
+    b.add_argument("--name-template", default="{index}-{prompt_slug}-{seed}.mp4", help="output names")
+    b.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="on a Ray cluster (none: a local one)")
+    b.add_argument("--worker-cpus", type=int, default=1, help="Ray: CPU cores per worker (one warm pipeline each)")
+    b.add_argument("--worker-gpus", type=float, default=0, help="Ray: GPUs per worker")
+    b.add_argument("--threads", type=int, help="torch threads of a local batch (default: torch's)")
+    add_generate_arguments(b)
 
     bench = sub.add_parser("bench", help="seconds per step and peak memory, vidiff and diffusers side by side")
     from .bench import add_arguments
@@ -155,32 +84,6 @@ def _quiet_libraries() -> None:
     for log in (dlog, tlog):
         log.set_verbosity_error()
         log.disable_progress_bar()
-
-
-def job_from_args(args: argparse.Namespace):
-    """The render job `vidiff generate` describes (with --resume: the checkpoint's job, to this output)."""
-    from .job import RenderJob
-
-    travel = {k: parse_travel(getattr(args, k), f"--{k.replace('_', '-')}") for k in TRAVEL if getattr(args, k)}
-    if args.resume is None and args.prompt is None and not travel:
-        raise InvalidArgument("prompt", "required (or --prompt-travel, or --resume a checkpoint)")
-    first = travel["prompt_travel"][min(travel["prompt_travel"])] if "prompt_travel" in travel else ""
-    given = _fields(args, GenerationRequest, prompt=args.prompt or first, strength=args.image_seed_strength, **travel)
-    span = tuple(args.pab_range)
-    return RenderJob(
-        **_fields(args, RenderJob, request=GenerationRequest(**given), use_t5=not args.no_t5),
-        pab=PABConfig(args.pab_spatial, args.pab_temporal, args.pab_cross, span, span, span) if args.pab else None,
-        deep_cache=DeepCacheConfig(args.deep_cache) if args.deep_cache is not None else None,
-        compile_backend=args.compile_backend if args.compile else None,
-    )
-
-
-def _fields(args: argparse.Namespace, cls, **values) -> dict:
-    """`cls`'s dataclass fields taken from same-named flags that were given, then `values`."""
-    from dataclasses import fields
-
-    names = {f.name for f in fields(cls)} - {"pab", "deep_cache", "compile_backend"}
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None} | values
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -226,7 +129,7 @@ def train_stage(args: argparse.Namespace) -> None:
     from .train import TrainConfig, make_stage, train
     from .train.trainer import direction_probe
 
-    cfg = TrainConfig(**_fields(args, TrainConfig))
+    cfg = TrainConfig(**fields_from(args, TrainConfig))
     start = time.perf_counter()
     stage = make_stage(cfg)
     losses = train(cfg, stage=stage)
@@ -269,13 +172,36 @@ def eval_demo(args: argparse.Namespace) -> None:
             json.dump(rows, f, indent=2)
 
 
+def batch(args: argparse.Namespace) -> int:
+    from .batch import Manifest, defaults_from, job_parser, parse_sweep, plan, read_jobs, run_local
+
+    parser = job_parser()
+    sweeps = [parse_sweep(s) for s in args.sweep]
+    items = plan(read_jobs(args.jobs), defaults_from(args, parser), parser, args.output, args.name_template, sweeps)
+    manifest = Manifest(args.output)
+    if args.ray:
+        from .cluster import RayOptions, run_ray
+
+        report = run_ray(items, manifest, RayOptions(args.ray, args.worker_cpus, args.worker_gpus), not args.quiet)
+    else:
+        report = run_local(items, manifest, progress=not args.quiet, threads=args.threads)
+    done = len(report.records) - len(report.failed)
+    rate = f", {done / report.seconds * 3600:.0f} videos/hour" if done and report.seconds else ""
+    print(f"{len(items)} jobs: {done} done, {len(report.failed)} failed, {report.skipped} done before; "
+          f"{report.loads} model loads; {report.seconds:.0f} s{rate}; manifest {manifest.path}")  # fmt: skip
+    for r in report.failed:
+        print(f"job {r['index']} failed: {r['error']}")
+    return 1 if report.failed else 0
+
+
 def bench(args: argparse.Namespace) -> None:
     from .bench import run
 
     run(args)
 
 
-COMMANDS = {"generate": generate, "decode": decode, "eval-demo": eval_demo, "train": train_stage, "bench": bench}
+COMMANDS = {"generate": generate, "decode": decode, "eval-demo": eval_demo, "train": train_stage, "bench": bench,
+            "batch": batch}  # fmt: skip
 
 
 def _interrupt(signum, frame) -> None:
@@ -287,11 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     _quiet_libraries()
     try:
-        COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) or 0
     except VidiffError as e:
         print(f"vidiff: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vidiff: interrupted", file=sys.stderr)
         return 130
-    return 0

@@ -1,0 +1,327 @@
+"""`vidiff batch`: many render jobs, each model loaded once, resumable through a manifest; here or on Ray.
+
+Jobs come from a JSONL file (one job a line; keys are `vidiff generate`'s options, over the defaults given
+on the command line) or a CSV of prompts (a `prompt` column and option columns, or prompts alone). A list
+value, or `--sweep key=values`, expands a job into a grid. Every job gets a seed (its own, or one derived
+from its options, so a rerun makes the same video) and an output name from a template. The manifest
+(`manifest.jsonl` in the output folder) gets one record per finished or failed job, appended as each ends,
+so it is consistent after any interruption; a rerun skips jobs recorded done with the same job hash whose
+output is there, and retries the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import InvalidArgument, VidiffError
+from .job import RenderJob
+
+MANIFEST = "manifest.jsonl"
+TEMPLATE = "{index}-{prompt_slug}-{seed}.mp4"
+LIST_OPTIONS = ("loras", "motion_loras", "pab_range")  # options whose value is itself a list
+
+
+@dataclass(frozen=True)
+class Item:
+    """One job of the batch: its number, its own options (after the grid), the resolved job, its hash."""
+
+    index: int
+    options: dict
+    job: RenderJob
+    digest: str
+
+
+# 1. Reading jobs -------------------------------------------------------------------------------------------
+
+
+def read_jobs(path: str) -> list[dict]:
+    """The job lines of a JSONL file or a CSV of prompts, as option dicts."""
+    file = Path(path)
+    if not file.is_file():
+        raise InvalidArgument("JOBS", f"no such file: {path}")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix.lower() == ".csv":
+        rows = [r for r in csv.reader(text.splitlines()) if any(cell.strip() for cell in r)]
+        if rows and "prompt" in rows[0]:
+            return [{k: _cell(v) for k, v in zip(rows[0], r, strict=False) if v != ""} for r in rows[1:]]
+        return [{"prompt": r[0]} for r in rows]
+    jobs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            job = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InvalidArgument("JOBS", f"{file.name} line {number}: not JSON ({e.msg})") from None
+        if not isinstance(job, dict):
+            raise InvalidArgument("JOBS", f"{file.name} line {number}: a job is a JSON object of options")
+        jobs.append(job | {"_line": number})
+    return jobs
+
+
+def _cell(value: str):
+    """A CSV cell as JSON when it parses (numbers, true, lists), else the string."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def parse_sweep(spec: str) -> tuple[str, list]:
+    """`key=1..8` (integers, inclusive) or `key=a,b,c` -> (key, values)."""
+    key, sep, values = spec.partition("=")
+    if not sep or not key.strip() or not values:
+        raise InvalidArgument("--sweep", f"expected key=1..8 or key=a,b,c, got {spec!r}")
+    span = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", values.strip())
+    if span:
+        lo, hi = int(span[1]), int(span[2])
+        if hi < lo:
+            raise InvalidArgument("--sweep", f"empty range {values!r}")
+        return key.strip(), list(range(lo, hi + 1))
+    return key.strip(), [_cell(v.strip()) for v in values.split(",")]
+
+
+def expand(job: dict, sweeps: list[tuple[str, list]]) -> list[dict]:
+    """A job with list values (and the sweeps) as the grid of single-valued jobs."""
+    job = dict(job)
+    for key, values in sweeps:
+        job.setdefault(key, values)
+    axes = {k: v for k, v in job.items() if isinstance(v, list) and not _list_option(k, v)}
+    if not axes:
+        return [job]
+    return [job | dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def _list_option(key: str, value: list) -> bool:
+    """A list that is the value of a list option (not a grid of them, which is a list of lists)."""
+    return _dest(key) in LIST_OPTIONS and not any(isinstance(v, list) for v in value)
+
+
+def _dest(key: str) -> str:
+    key = key.replace("-", "_")
+    return {"lora": "loras", "motion_lora": "motion_loras"}.get(key, key)
+
+
+# 2. Options -> render jobs ---------------------------------------------------------------------------------
+
+
+def job_parser() -> argparse.ArgumentParser:
+    """`vidiff generate`'s parser: a job's keys are its options."""
+    from .options import add_generate_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("prompt", nargs="?")
+    parser.add_argument("-o", "--output")
+    add_generate_arguments(parser)
+    return parser
+
+
+def defaults_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The generate options given to `vidiff batch` (its defaults for every job)."""
+    if getattr(args, "resume", None):
+        raise InvalidArgument("--resume", "resumes one render; a batch resumes through its manifest")
+    base = vars(parser.parse_args([]))
+    return argparse.Namespace(**{k: getattr(args, k, v) for k, v in base.items()} | {"prompt": None, "output": None})
+
+
+def apply_options(defaults: argparse.Namespace, options: dict, parser: argparse.ArgumentParser, where: str):
+    """`defaults` with `options` set through the generate parser's own types and choices."""
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    args = argparse.Namespace(**vars(defaults))
+    for key, value in options.items():
+        dest = _dest(key)
+        action = actions.get(dest)
+        if action is None or dest in ("output", "resume"):
+            raise InvalidArgument("JOBS", f"{where}: unknown option {key!r}")
+        setattr(args, dest, _convert(action, value, f"{where}: {key}"))
+    return args
+
+
+def _convert(action: argparse.Action, value, where: str):
+    if isinstance(action, argparse._StoreConstAction):  # store_true / store_false / store_const
+        if not isinstance(value, bool):
+            raise InvalidArgument("JOBS", f"{where}: expected true or false, got {value!r}")
+        return action.const if value else action.default
+    many = isinstance(action, argparse._AppendAction) or action.nargs not in (None, "?")
+    values = value if isinstance(value, list) else [value]
+    if not many and isinstance(value, list):
+        raise InvalidArgument("JOBS", f"{where}: expected one value, got a list")
+    out = []
+    for v in values:
+        if isinstance(v, (dict, list)) or v is None:
+            raise InvalidArgument("JOBS", f"{where}: unexpected value {v!r}")
+        try:
+            v = action.type(str(v)) if action.type is not None else str(v)
+        except (TypeError, ValueError):
+            raise InvalidArgument("JOBS", f"{where}: {v!r} is not a valid value") from None
+        if action.choices is not None and v not in action.choices:
+            raise InvalidArgument("JOBS", f"{where}: {v!r} is not one of {', '.join(map(str, action.choices))}")
+        out.append(v)
+    return out if many else out[0]
+
+
+def _derived_seed(options: dict, index: int) -> int:
+    text = json.dumps(options, sort_keys=True, default=str) + f"#{index}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "video"
+
+
+def plan(
+    jobs: list[dict],
+    defaults: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    outdir: str,
+    template: str = TEMPLATE,
+    sweeps: list[tuple[str, list]] = (),
+    make_job: Callable[[argparse.Namespace], RenderJob] | None = None,
+) -> list[Item]:
+    """Every job resolved (options, seed, output in `outdir`), checked, before anything renders."""
+    from .options import job_from_args
+
+    make_job = make_job or job_from_args
+    items, names = [], {}
+    for line in jobs:
+        where = f"line {line['_line']}" if "_line" in line else f"job {len(items) + 1}"
+        for options in expand({k: v for k, v in line.items() if k != "_line"}, list(sweeps)):
+            index = len(items)
+            args = apply_options(defaults, options, parser, where)
+            if args.seed is None:
+                args.seed = _derived_seed(options, index)
+            fields = vars(args) | {"index": index, "prompt_slug": slug(args.prompt or ""), "seed": args.seed}
+            try:
+                name = template.format(**fields)
+            except (KeyError, IndexError, ValueError) as e:
+                raise InvalidArgument("--name-template", f"{template!r}: {e}") from None
+            if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise InvalidArgument("--name-template", f"{template!r} gives {name!r}, not a name inside OUTDIR")
+            if name in names:
+                raise InvalidArgument("--name-template", f"jobs {names[name]} and {index} are both named {name!r}")
+            names[name] = index
+            args.output = str(Path(outdir) / name)
+            job = make_job(args)
+            job.request.validate()
+            items.append(Item(index, options, job, hashlib.sha256(job.to_json().encode()).hexdigest()[:16]))
+    return items
+
+
+# 3. The manifest -------------------------------------------------------------------------------------------
+
+
+class Manifest:
+    """`manifest.jsonl`: one record per ended job, appended and flushed as it ends; the last record of a job
+    hash wins."""
+
+    def __init__(self, outdir: str) -> None:
+        prepare_outdir(outdir)
+        self.path = Path(outdir) / MANIFEST
+        self.records: dict[str, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash mid-write
+                self.records[record.get("hash")] = record
+
+    def done(self, item: Item) -> bool:
+        record = self.records.get(item.digest)
+        return record is not None and record["status"] == "done" and Path(record["output"]).exists()
+
+    def add(self, record: dict) -> None:
+        self.records[record["hash"]] = record
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def record(item: Item, status: str, seconds: float, timings: dict | None = None, error: str | None = None) -> dict:
+    out = {"index": item.index, "hash": item.digest, "status": status, "output": item.job.output}
+    out |= {"seed": item.job.request.seed, "seconds": round(seconds, 3), "options": item.options}
+    return out | ({"timings": timings} if timings else {}) | ({"error": error} if error else {})
+
+
+# 4. Running ------------------------------------------------------------------------------------------------
+
+
+def by_model(items: list[Item]) -> list[Item]:
+    """Jobs ordered so each model loads once (stable: first appearance of each model, then job order)."""
+    first: dict[tuple, int] = {}
+    for item in items:
+        first.setdefault(item.job.pipeline_key, len(first))
+    return sorted(items, key=lambda i: first[i.job.pipeline_key])
+
+
+def render_one(renderer, item: Item) -> dict:
+    """Render one job; a bad job becomes a failed record (its one-line error), never an exception."""
+    from .job import render
+
+    start = time.perf_counter()
+    Path(item.job.output).parent.mkdir(parents=True, exist_ok=True)  # a template may name subfolders
+    try:
+        result = render(item.job, renderer)
+    except VidiffError as e:
+        return record(item, "failed", time.perf_counter() - start, error=str(e))
+    load = 0.0 if result.reused_pipeline else result.timings.load
+    timings = {"load": load, "denoise": result.timings.denoise, "decode": result.timings.decode}
+    return record(item, "done", time.perf_counter() - start, {k: round(v, 3) for k, v in timings.items()})
+
+
+@dataclass
+class BatchReport:
+    """What a run did: the records of the jobs it ran, jobs skipped as done, models loaded, wall time."""
+
+    records: list[dict] = field(default_factory=list)
+    skipped: int = 0
+    loads: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "failed"]
+
+
+def run_local(items: list[Item], manifest: Manifest, progress: bool = True, threads: int | None = None) -> BatchReport:
+    """Render the jobs not yet done, in model order, on one warm renderer (with `threads` torch threads)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .job import Renderer
+
+    if threads is not None:
+        if threads < 1:
+            raise InvalidArgument("--threads", f"must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    start, renderer = time.perf_counter(), Renderer()
+    todo = [i for i in by_model(items) if not manifest.done(i)]
+    report = BatchReport(skipped=len(items) - len(todo))
+    bar = tqdm(todo, desc="videos", unit="video", disable=not progress)
+    for item in bar:
+        rec = render_one(renderer, item)
+        manifest.add(rec)
+        report.records.append(rec)
+        bar.set_postfix(s_per_video=f"{rec['seconds']:.1f}", refresh=False)
+    report.loads, report.seconds = renderer.loads, time.perf_counter() - start
+    return report
+
+
+def prepare_outdir(outdir: str) -> None:
+    folder = Path(outdir)
+    if folder.exists() and not folder.is_dir():
+        raise InvalidArgument("--output", f"{outdir} is a file, not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not os.access(folder, os.W_OK):
+        raise InvalidArgument("--output", f"{outdir} is not writable")
