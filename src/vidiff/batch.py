@@ -301,19 +301,21 @@ def run_local(items: list[Item], manifest: Manifest, progress: bool = True, thre
 
     from .job import Renderer
 
-    if threads is not None:
-        if threads < 1:
-            raise InvalidArgument("--threads", f"must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-    start, renderer = time.perf_counter(), Renderer()
+    if threads is not None and threads < 1:
+        raise InvalidArgument("--threads", f"must be >= 1, got {threads}")
+    start, renderer, before = time.perf_counter(), Renderer(), torch.get_num_threads()
     todo = [i for i in by_model(items) if not manifest.done(i)]
     report = BatchReport(skipped=len(items) - len(todo))
-    bar = tqdm(todo, desc="videos", unit="video", disable=not progress)
-    for item in bar:
-        rec = render_one(renderer, item)
-        manifest.add(rec)
-        report.records.append(rec)
-        bar.set_postfix(s_per_video=f"{rec['seconds']:.1f}", refresh=False)
+    torch.set_num_threads(threads or before)
+    try:
+        bar = tqdm(todo, desc="videos", unit="video", disable=not progress)
+        for item in bar:
+            rec = render_one(renderer, item)
+            manifest.add(rec)
+            report.records.append(rec)
+            bar.set_postfix(s_per_video=f"{rec['seconds']:.1f}", refresh=False)
+    finally:
+        torch.set_num_threads(before)
     report.loads, report.seconds = renderer.loads, time.perf_counter() - start
     return report
 
