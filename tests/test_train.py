@@ -149,6 +149,14 @@ def test_spatial_lora_export_loads_back_through_lora(trained, tmp_path):
     assert (plain - want).abs().max() > 1e-3  # the LoRA learned something
 
 
+def test_min_noise_draws_only_high_noise_levels(trained):
+    stage = make_stage(TrainConfig(stage="motion", model=trained, frames=8, min_noise=0.6))
+    _, t, _ = stage.diff.noised(torch.zeros(256, 4, 1, 2, 2), torch.Generator().manual_seed(0), 0.6)
+    assert t.min() >= 600 and t.max() < 1000
+    with pytest.raises(InvalidArgument, match="--min-noise: must be in"):
+        make_stage(TrainConfig(stage="motion", model=trained, min_noise=1.0))
+
+
 def test_resume_equals_uninterrupted(trained, tmp_path):
     """Interrupt after 3 of 6 steps; rerunning resumes at step 3 and ends with the same weights."""
     whole = run("motion", trained, 6, batch_size=1, frames=8, out=tmp_path / "whole", every=3)

@@ -78,6 +78,7 @@ class TrainConfig:
     trainable: tuple[str, ...] = ("motion_modules.",)  # motion stage: names containing one of these train
     lora_rank: int = 0  # motion stage: > 0 adds a LoRA of this rank on the spatial attention
     lora_out: Path | None = None  # where that LoRA goes (default MODEL/spatial_lora.safetensors)
+    min_noise: float = 0.0  # motion stage: noise levels drawn from this fraction of the schedule up
     losses: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -99,6 +100,8 @@ class TrainConfig:
             raise InvalidArgument("--text-lr-scale", f"must be >= 0, got {self.text_lr_scale}")
         if not self.trainable or not all(self.trainable):
             raise InvalidArgument("--trainable", "needs at least one non-empty pattern")
+        if not 0.0 <= self.min_noise < 1.0:
+            raise InvalidArgument("--min-noise", f"must be in [0, 1), got {self.min_noise}")
         if self.lora_rank < 0:
             raise InvalidArgument("--lora-rank", f"must be >= 0, got {self.lora_rank}")
         if self.family is not None and self.family not in SKELETONS:
@@ -138,6 +141,7 @@ def add_arguments(tr) -> None:
                     help="motion stage: parameters whose names contain one of these train ('.' = all)")  # fmt: skip
     tr.add_argument("--lora-rank", type=int, default=0, help="motion stage: a LoRA of this rank on spatial attention")
     tr.add_argument("--lora-out", help="where that LoRA is written (default MODEL/spatial_lora.safetensors)")
+    tr.add_argument("--min-noise", type=float, default=0.0, help="motion stage: train on noise levels from here up")
     tr.add_argument("--probe", type=int, default=0, metavar="CLIPS", help="motion stage: then the direction-word probe")
 
 
@@ -339,7 +343,7 @@ class MotionStage(Stage):
 
     def loss(self, rng, gen):
         videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
-        return self.clip_loss(videos, captions, gen, rng=rng)
+        return self.clip_loss(videos, captions, gen, self.cfg.min_noise, rng=rng)
 
     def clip_loss(self, videos: Tensor, captions: list[str], gen: torch.Generator, high=0.0, rng=None) -> Tensor:
         """The loss on clips (B, F, 3, H, W) at noise levels from `high` up; with `rng`, captions dropped."""
@@ -475,7 +479,7 @@ class SD3MotionStage(Stage):
 
     def loss(self, rng, gen):
         videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
-        return self.clip_loss(videos, captions, gen, rng=rng)
+        return self.clip_loss(videos, captions, gen, self.cfg.min_noise, rng=rng)
 
     def clip_loss(self, videos: Tensor, captions: list[str], gen: torch.Generator, high=0.0, rng=None) -> Tensor:
         f = videos.shape[1]
