@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,16 @@ def test_trainable_patterns_select_exactly_the_named_parameters(trained, tmp_pat
     saved = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(saved[k], after[k]) for k in saved)  # the image UNet's names, trained values
     assert any(not torch.equal(saved[k], before[k]) for k in saved if "attn2." in k)
+    text_file = folder / "text_encoder" / "model.safetensors"
+    text_before, unet_before = load_file(text_file), saved
+    cfg = replace(cfg, trainable=("motion_modules.", "text_encoder."), out=tmp_path / "adapter2")
+    stage = make_stage(cfg)
+    assert set(stage.trained_groups()) == {"motion", "text_encoder"}
+    train(cfg, progress=False, stage=stage)
+    text_after = load_file(text_file)
+    assert any(not torch.equal(text_before[k], text_after[k]) for k in text_before)  # the text encoder trained
+    unet_after = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(unet_before[k], unet_after[k]) for k in unet_before)
     with pytest.raises(InvalidArgument, match="--trainable: nothing_like_this selects no parameter"):
         make_stage(TrainConfig(stage="motion", model=folder, trainable=("nothing_like_this",)))
     with pytest.raises(InvalidArgument, match="--lora-rank: trains the spatial layers as a LoRA"):

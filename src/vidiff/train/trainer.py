@@ -6,9 +6,10 @@
   the time so classifier-free guidance works).
 - `motion`: the motion modules on clips, the image model frozen. `trainable` is AnimateDiff's
   `trainable_modules` rule (a parameter trains when its name contains one of the patterns; default
-  `motion_modules.`), so spatial layers can train too; `lora_rank` trains a LoRA on the spatial attention
-  instead. Motion modules export to the motion adapter, spatial weights into the model folder, the LoRA to
-  a file `--lora` loads. Works on any SD 1.x folder, a user's real one included.
+  `motion_modules.`) over the UNet's names and the text encoder's (`text_encoder.` + its names), so spatial
+  layers and the text encoder can train too; `lora_rank` trains a LoRA on the spatial attention instead.
+  Motion modules export to the motion adapter, spatial weights and the text encoder into the model folder,
+  the LoRA to a file `--lora` loads. Works on any SD 1.x folder, a user's real one included.
 
 SD 3 folders (or `family="sd3"` for a new one) train the same way with a rectified-flow loss: `image` the
 MMDiT and both CLIP encoders, `motion` vidiff's temporal layers (named `motion_modules.` for the rule) with
@@ -325,7 +326,7 @@ class MotionStage(Stage):
         self.diff = _Diffusion(cfg)
         self.out = cfg.out or cfg.model / "motion_adapter"
         unet2d = UNet2DConditionModel.from_pretrained(cfg.model / "unet", torch_dtype=FP32)
-        self.text = CLIPTextModel.from_pretrained(cfg.model / "text_encoder", dtype=FP32).eval().requires_grad_(False)
+        self.text = CLIPTextModel.from_pretrained(cfg.model / "text_encoder", dtype=FP32)
         if (self.out / "config.json").is_file():
             adapter = load_motion_adapter(self.out, torch.float32)
         else:
@@ -336,8 +337,9 @@ class MotionStage(Stage):
         self.unet = merge_motion_unet(unet2d, adapter).train()
         if cfg.lora_rank:
             add_training_lora(self.unet, cfg.lora_rank)
-        self.modules = {"unet": self.unet}
+        self.modules = {"unet": self.unet, "text_encoder": self.text}
         self.select(cfg.trainable)
+        self.text_trains = "text_encoder" in self.trained_groups()
         self.denoiser = UNetMotionDenoiser(self.unet)
         self.cfg, self.data = cfg, data
 
@@ -351,7 +353,7 @@ class MotionStage(Stage):
         b, f = videos.shape[:2]
         latents = self.diff.encode(videos.flatten(0, 1))  # (B*F, 4, h, w)
         latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (B, 4, F, h, w)
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_trains):
             embeds = self.text(self.diff.tokens(captions))[0]  # (B, 77, D)
         noisy, t, target = self.diff.noised(latents, gen, high)
         pred = self.denoiser.predict(noisy, t, Conditioning(embeds))  # (B, 4, F, h, w)
@@ -370,6 +372,8 @@ class MotionStage(Stage):
         if self.trained_groups().get("spatial"):  # the image UNet's own names are the merged model's others
             self.unet2d.load_state_dict({k: state[k] for k in self.unet2d.state_dict()})
             _save(self.unet2d, self.cfg.model / "unet", dtype)
+        if self.text_trains:
+            _save(self.text, self.cfg.model / "text_encoder", dtype)
         if self.cfg.lora_rank:
             save_training_lora(self.unet, "unet", self.cfg.lora_path, dtype)
 
