@@ -19,7 +19,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,12 +185,10 @@ def plan(
     outdir: str,
     template: str = TEMPLATE,
     sweeps: list[tuple[str, list]] = (),
-    make_job: Callable[[argparse.Namespace], RenderJob] | None = None,
 ) -> list[Item]:
     """Every job resolved (options, seed, output in `outdir`), checked, before anything renders."""
     from .options import job_from_args
 
-    make_job = make_job or job_from_args
     items, names = [], {}
     for line in jobs:
         where = f"line {line['_line']}" if "_line" in line else f"job {len(items) + 1}"
@@ -211,7 +208,7 @@ def plan(
                 raise InvalidArgument("--name-template", f"jobs {names[name]} and {index} are both named {name!r}")
             names[name] = index
             args.output = str(Path(outdir) / name)
-            job = make_job(args)
+            job = job_from_args(args)
             job.request.validate()
             items.append(Item(index, options, job, hashlib.sha256(job.to_json().encode()).hexdigest()[:16]))
     return items
