@@ -15,7 +15,15 @@ from test_batch import SIX, plan_for, write_jobs
 from vidiff.batch import Manifest, run_local
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'vidiff[ray]')")
-from vidiff.cluster import RayBatch, RayOptions  # noqa: E402
+from vidiff.cluster import RayBatch, RayOptions, route  # noqa: E402
+
+
+def test_route_keeps_models_together_and_splits_for_idle_workers(tmp_path):
+    items = plan_for(write_jobs(tmp_path, SIX), tmp_path / "o")  # two models, three jobs each
+    models = [{i.job.model for i in q} for q in route(items, 2)]
+    assert models == [{"demo"}, {"tiny-random"}]
+    assert sorted(len(q) for q in route(items, 4)) == [1, 1, 2, 2]
+    assert sorted(len(q) for q in route(items[:3], 2)) == [1, 2]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,8 @@ def test_a_killed_worker_is_restarted_and_its_job_retried(cluster, tmp_path):
     jobs = write_jobs(tmp_path, [{"prompt": "a red circle moving right", "seed": [1, 2, 3], "steps": 12}])
     items = plan_for(jobs, tmp_path / "out")
     batch = RayBatch(RayOptions(worker_cpus=1, retries=2))
-    busy = ray.get(batch.workers[0].pid.remote())  # one model: its jobs all go to the first worker
+    assert [len(q) for q in route(items, 2)] == [1, 2]  # one model, split: the second worker has two jobs
+    busy = ray.get(batch.workers[1].pid.remote())
 
     def kill_mid_job() -> None:
         time.sleep(4.0)
@@ -56,7 +65,7 @@ def test_a_killed_worker_is_restarted_and_its_job_retried(cluster, tmp_path):
     killer.start()
     try:
         report = batch.run(items, Manifest(str(tmp_path / "out")), progress=False)
-        assert ray.get(batch.workers[0].pid.remote()) != busy  # a new process
+        assert ray.get(batch.workers[1].pid.remote()) != busy  # a new process
     finally:
         killer.join()
         batch.close()

@@ -1,9 +1,10 @@
 """`vidiff batch --ray`: the batch's jobs on a Ray cluster, one actor per worker slot holding a warm pipeline.
 
 Jobs are grouped by model and each group goes to the actor with the least work queued, so each model loads
-once per actor that needs it. An actor runs one job at a time and writes its output into the output
-folder (on a cluster: shared storage). Ray restarts an actor whose process dies and retries the job it was
-running (`max_restarts`, `max_task_retries`); the driver alone writes the manifest, as each job ends.
+once per actor that needs it; an actor left idle takes half of the longest queue. An actor runs one job at
+a time and writes its output into the output folder (on a cluster: shared storage). Ray restarts an actor
+whose process dies and retries the job it was running (`max_restarts`, `max_task_retries`); the driver
+alone writes the manifest, as each job ends.
 """
 
 from __future__ import annotations
@@ -21,6 +22,23 @@ class RayOptions:
     worker_cpus: int = 1  # CPU cores per worker slot (torch threads in the actor)
     worker_gpus: float = 0.0  # GPUs per worker slot
     retries: int = 3  # actor restarts and job retries after a worker dies
+
+
+def route(items: list[Item], workers: int) -> list[list[Item]]:
+    """Per worker, the jobs it runs in order: whole model groups to the least-loaded worker (largest groups
+    first), then, while a worker is idle, the longest queue gives it its second half (one more model load
+    buys a parallel worker)."""
+    groups: dict[tuple, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.job.pipeline_key, []).append(item)
+    queues: list[list[Item]] = [[] for _ in range(workers)]
+    for group in sorted(groups.values(), key=len, reverse=True):
+        min(queues, key=len).extend(group)
+    while (idle := min(queues, key=len)) == [] and len(longest := max(queues, key=len)) > 1:
+        half = len(longest) // 2
+        idle.extend(longest[half:])
+        del longest[half:]
+    return queues
 
 
 class RenderWorker:
@@ -79,13 +97,7 @@ class RayBatch:
         ray, start = self.ray, time.perf_counter()
         todo = [i for i in by_model(items) if not manifest.done(i)]
         report = BatchReport(skipped=len(items) - len(todo))
-        # 1. Route: whole model groups to the least-loaded worker, largest groups first.
-        groups: dict[tuple, list[Item]] = {}
-        for item in todo:
-            groups.setdefault(item.job.pipeline_key, []).append(item)
-        queues: list[list[Item]] = [[] for _ in self.workers]
-        for group in sorted(groups.values(), key=len, reverse=True):
-            min(queues, key=len).extend(group)
+        queues = route(todo, len(self.workers))
         # 2. One job in flight per worker; the next is sent as one ends.
         running = {}
         for w, queue in zip(self.workers, queues, strict=True):
