@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidArgument, VidiffError
-from .job import RenderJob
+from .job import RenderJob, slug
 
 MANIFEST = "manifest.jsonl"
 TEMPLATE = "{index}-{prompt_slug}-{seed}.mp4"
@@ -174,10 +174,6 @@ def _derived_seed(options: dict, index: int) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "video"
-
-
 def plan(
     jobs: list[dict],
     defaults: argparse.Namespace,
@@ -197,7 +193,7 @@ def plan(
             args = apply_options(defaults, options, parser, where)
             if args.seed is None:
                 args.seed = _derived_seed(options, index)
-            fields = vars(args) | {"index": index, "prompt_slug": slug(args.prompt or ""), "seed": args.seed}
+            fields = vars(args) | {"index": index, "prompt_slug": slug(args.prompt or "", 40), "seed": args.seed}
             try:
                 name = template.format(**fields)
             except (KeyError, IndexError, ValueError) as e:

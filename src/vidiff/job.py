@@ -110,9 +110,13 @@ class RenderResult:
         return is_latents_path(str(self.output))
 
 
+def slug(text: str, length: int = 48) -> str:
+    """Lower-case letters and digits joined by dashes, for file names."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:length] or "video"
+
+
 def default_output(prompt: str, seed: int) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "video"
-    return f"{slug}-{seed}.gif"
+    return f"{slug(prompt)}-{seed}.gif"
 
 
 def resume_path(output: str) -> Path:
