@@ -286,6 +286,18 @@ class BatchReport:
     def failed(self) -> list[dict]:
         return [r for r in self.records if r["status"] == "failed"]
 
+    @classmethod
+    def pending(cls, items: list[Item], manifest: Manifest) -> tuple[list[Item], BatchReport]:
+        """The jobs not yet done, in model order, and a report counting the others as skipped."""
+        todo = [i for i in by_model(items) if not manifest.done(i)]
+        return todo, cls(skipped=len(items) - len(todo))
+
+    def ended(self, rec: dict, manifest: Manifest, bar) -> None:
+        """A job's record: into the manifest (at once), the report and the progress bar."""
+        manifest.add(rec)
+        self.records.append(rec)
+        bar.set_postfix(s_per_video=f"{rec['seconds']:.1f}", refresh=False)
+
 
 def run_local(items: list[Item], manifest: Manifest, progress: bool = True, threads: int | None = None) -> BatchReport:
     """Render the jobs not yet done, in model order, on one warm renderer (with `threads` torch threads)."""
@@ -297,16 +309,12 @@ def run_local(items: list[Item], manifest: Manifest, progress: bool = True, thre
     if threads is not None and threads < 1:
         raise InvalidArgument("--threads", f"must be >= 1, got {threads}")
     start, renderer, before = time.perf_counter(), Renderer(), torch.get_num_threads()
-    todo = [i for i in by_model(items) if not manifest.done(i)]
-    report = BatchReport(skipped=len(items) - len(todo))
+    todo, report = BatchReport.pending(items, manifest)
     torch.set_num_threads(threads or before)
     try:
         bar = tqdm(todo, desc="videos", unit="video", disable=not progress)
         for item in bar:
-            rec = render_one(renderer, item)
-            manifest.add(rec)
-            report.records.append(rec)
-            bar.set_postfix(s_per_video=f"{rec['seconds']:.1f}", refresh=False)
+            report.ended(render_one(renderer, item), manifest, bar)
     finally:
         torch.set_num_threads(before)
     report.loads, report.seconds = renderer.loads, time.perf_counter() - start

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .batch import BatchReport, Item, Manifest, by_model, record, render_one
+from .batch import BatchReport, Item, Manifest, record, render_one
 from .errors import InvalidArgument
 
 
@@ -95,8 +95,7 @@ class RayBatch:
         from tqdm.auto import tqdm
 
         ray, start = self.ray, time.perf_counter()
-        todo = [i for i in by_model(items) if not manifest.done(i)]
-        report = BatchReport(skipped=len(items) - len(todo))
+        todo, report = BatchReport.pending(items, manifest)
         queues = route(todo, len(self.workers))
         # 2. One job in flight per worker; the next is sent as one ends.
         running = {}
@@ -113,10 +112,8 @@ class RayBatch:
                 loads[id(worker)] = rec.pop("worker_loads")
             except ray.exceptions.RayError as e:  # the worker died past its retries
                 rec = record(queue[i], "failed", 0.0, error=f"worker lost: {type(e).__name__}")
-            manifest.add(rec)
-            report.records.append(rec)
+            report.ended(rec, manifest, bar)
             bar.update()
-            bar.set_postfix(s_per_video=f"{rec['seconds']:.1f}", refresh=False)
             if i + 1 < len(queue):
                 running[worker.render.remote(queue[i + 1])] = (worker, queue, i + 1)
         bar.close()

@@ -159,7 +159,6 @@ class ContextWindowDenoiser(VideoDenoiser):
         return fuse_windows(latents, 2, lambda idx: self.inner.predict(latents[:, :, idx], t, cond.frames(idx)), o)
 
     def fuse_frames(self, x: Tensor, attend: Callable[[Tensor], Tensor]) -> Tensor:
-        """x (N, F, C) -> `attend` per window (N, L, C), fused per frame (N, F, C): the temporal layers' hook."""
-        if x.shape[1] <= self.options.length:
-            return attend(x)
+        """x (N, F, C) -> `attend` per window (N, L, C), fused per frame (N, F, C): the temporal layers' hook
+        (installed by `predict` only for videos longer than a window)."""
         return fuse_windows(x, 1, lambda idx: attend(x[:, idx]), self.options)
