@@ -86,7 +86,7 @@ def test_png_folder_with_frames_needs_overwrite(tmp_path, model_args):
     [
         (["--model", "/nonexistent/model"], "--model", "no such folder"),
         (["--height", "60"], "--height", "multiple of 8"),
-        (["--width", "0"], "--width", "multiple of 8"),
+        (["--width", "0"], "--width", "must be >= 1"),
         (["--frames", "33", "--context-length", "33"], "--frames", "positional table of 32"),  # a window too long
         (["--scheduler", "heun-ish"], "--scheduler", "unknown scheduler"),
         (["--dtype", "float8"], "--dtype", "unknown dtype"),
@@ -167,8 +167,10 @@ def test_default_output_name_and_timings_line(tmp_path, model_args, capsys, monk
     out = capsys.readouterr().out
     assert (tmp_path / "a-red-circle-moving-right-1.gif").is_file()
     assert "s/step" in out and "s/frame" in out and "load" in out
-    peak, weights = re.search(r"peak memory ([\d.]+) GiB: weights ([\d.]+)", out).groups()
-    assert float(peak) >= float(weights) > 0
+    process, weights, working = re.search(
+        r"memory: process peak ([\d.]+) GiB .* model weights ([\d.]+) GiB \| denoise and decode ([\d.]+) GiB", out
+    ).groups()
+    assert float(process) >= float(weights) + float(working) and float(weights) > 0
 
 
 def test_dtype_auto_is_bfloat16_where_the_cpu_has_it(tmp_path, model_args):

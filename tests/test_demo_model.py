@@ -40,9 +40,10 @@ def test_a_64_frame_clip_in_context_windows(demo):
 
 @pytest.mark.xfail(strict=True, reason="the shipped model's motion direction is not yet reliable (issue 3's bars)")
 def test_bars_on_a_sample(demo):
-    """Every 7th seen combination and every 3rd held-out one, one seed each, default settings."""
-    seen = summarize(evaluate(demo, SEEN[::7], [0], progress=False))
-    held = summarize(evaluate(demo, HELD_OUT[::3], [0], progress=False))
+    """Every 14th seen combination (6) and every 5th held-out one (2), one seed each, default settings: a sample
+    small enough not to dominate the suite; `vidiff eval-demo` measures the whole table."""
+    seen = summarize(evaluate(demo, SEEN[::14], [0], progress=False))
+    held = summarize(evaluate(demo, HELD_OUT[::5], [0], progress=False))
     assert seen["color"] >= 0.95 and seen["shape"] >= 0.85 and seen["direction"] >= 0.9, seen
     assert held["direction"] >= 0.8, held
     assert min(seen["coherent"], held["coherent"]) >= 0.95, (seen, held)

@@ -118,7 +118,7 @@ def test_resume_checkpoint_stores_the_job(tmp_path, model):
     del pipe.denoiser.predict
     stored = load_latents(checkpoint).meta
     assert stored.step == 2 and RenderJob.from_dict(stored.job).request.seed == seed
-    result = renderer.render(RenderJob(request(prompt=""), resume=str(checkpoint)))
+    result = renderer.render(RenderJob(GenerationRequest(""), resume=str(checkpoint)))  # nothing contradicts it
     assert result.output == tmp_path / "run.safetensors" and not checkpoint.exists()
     assert renderer.loads == 1 and result.reused_pipeline
     assert (result.latents - whole.latents).abs().max() <= 1e-5

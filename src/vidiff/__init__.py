@@ -1,12 +1,37 @@
-"""vidiff: turn image diffusion models into video generators, AnimateDiff-style."""
+"""vidiff: turn image diffusion models into video generators, AnimateDiff-style.
 
-from .accel.deep_cache import DeepCacheConfig
-from .accel.pab import PABConfig
+The public names load on first use, so `vidiff --help` and argument errors do not wait for torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
 from .errors import InvalidArgument, LoadError, OutputExists, RenderInterrupted, VidiffError
-from .job import Renderer, RenderJob, RenderResult, decode_file, render
-from .pipeline import Timings, VideoOutput, VideoPipeline
-from .request import GenerationRequest
-from .sources import Source
+
+if TYPE_CHECKING:
+    from .accel.configs import DeepCacheConfig, PABConfig
+    from .job import RenderJob, RenderResult
+    from .pipeline import Timings, VideoOutput, VideoPipeline
+    from .renderer import Renderer, decode_file, render
+    from .request import GenerationRequest
+    from .sources import Source
+
+_WHERE = {
+    "DeepCacheConfig": "accel.configs",
+    "PABConfig": "accel.configs",
+    "GenerationRequest": "request",
+    "RenderJob": "job",
+    "RenderResult": "job",
+    "Renderer": "renderer",
+    "decode_file": "renderer",
+    "render": "renderer",
+    "Source": "sources",
+    "Timings": "pipeline",
+    "VideoOutput": "pipeline",
+    "VideoPipeline": "pipeline",
+}
 
 __all__ = [
     "DeepCacheConfig",
@@ -28,3 +53,9 @@ __all__ = [
     "render",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'vidiff' has no attribute {name!r}")
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import InvalidArgument, OutputExists
+from .outputs import check_target
 
 
 def _umask() -> int:
@@ -28,14 +28,6 @@ def publish(tmp: Path | str, path: Path | str) -> None:
         os.fsync(f.fileno())
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
-
-
-def check_target(path: Path, overwrite: bool, argument: str = "--output") -> None:
-    """Refuse an existing file without `overwrite`, and a target whose folder does not exist."""
-    if path.exists() and not overwrite:
-        raise OutputExists(argument, f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise InvalidArgument(argument, f"folder {path.parent} does not exist")
 
 
 @contextlib.contextmanager

@@ -22,8 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import checks
 from .errors import InvalidArgument, VidiffError
 from .job import RenderJob, slug
+from .outputs import writable_folder
 
 MANIFEST = "manifest.jsonl"
 TEMPLATE = "{index}-{prompt_slug}-{seed}.mp4"
@@ -205,7 +207,7 @@ def plan(
             names[name] = index
             args.output = str(Path(outdir) / name)
             job = job_from_args(args)
-            job.request.validate()
+            job.validate(output=False)  # OUTDIR is made later
             items.append(Item(index, options, job, hashlib.sha256(job.to_json().encode()).hexdigest()[:16]))
     return items
 
@@ -260,7 +262,7 @@ def by_model(items: list[Item]) -> list[Item]:
 
 def render_one(renderer, item: Item) -> dict:
     """Render one job; a bad job becomes a failed record (its one-line error), never an exception."""
-    from .job import render
+    from .renderer import render
 
     start = time.perf_counter()
     Path(item.job.output).parent.mkdir(parents=True, exist_ok=True)  # a template may name subfolders
@@ -299,15 +301,19 @@ class BatchReport:
         bar.set_postfix(s_per_video=f"{rec['seconds']:.1f}", refresh=False)
 
 
+def check_threads(threads: int | None) -> None:
+    if threads is not None:
+        checks.integer("--threads", threads, 1)
+
+
 def run_local(items: list[Item], manifest: Manifest, progress: bool = True, threads: int | None = None) -> BatchReport:
     """Render the jobs not yet done, in model order, on one warm renderer (with `threads` torch threads)."""
     import torch
     from tqdm.auto import tqdm
 
-    from .job import Renderer
+    from .renderer import Renderer
 
-    if threads is not None and threads < 1:
-        raise InvalidArgument("--threads", f"must be >= 1, got {threads}")
+    check_threads(threads)
     start, renderer, before = time.perf_counter(), Renderer(), torch.get_num_threads()
     todo, report = BatchReport.pending(items, manifest)
     torch.set_num_threads(threads or before)
@@ -325,6 +331,8 @@ def prepare_outdir(outdir: str) -> None:
     folder = Path(outdir)
     if folder.exists() and not folder.is_dir():
         raise InvalidArgument("--output", f"{outdir} is a file, not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK):
-        raise InvalidArgument("--output", f"{outdir} is not writable")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidArgument("--output", f"cannot make {outdir} ({e.strerror or e})") from None
+    writable_folder("--output", folder)

@@ -27,35 +27,11 @@ from pathlib import Path
 import torch
 
 from .memory import PeakMemory, weight_bytes
+from .names import BENCH_OPTIONAL_ROWS as OPTIONAL_ROWS
+from .names import BENCH_ROWS as ROWS
 
 PROMPT = "a red circle moving right"
-ROWS = ("diffusers", "same-dtype", "default", "fast")
-OPTIONAL_ROWS = ("lightning", "lora", "lora-unfused")
 LORA_RANK = 16
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--size",
-        choices=("sd15", "tiny", "demo"),
-        default="sd15",
-        help="random SD 1.5-sized or tiny weights, or the demo",
-    )
-    p.add_argument("--model", help="an SD 1.x folder instead of --size (with --motion-module)")
-    p.add_argument("--motion-module", help="with --model: AnimateDiff motion module (folder or single file)")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--height", type=int, default=256)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--baseline-dtype", default="float32", help="diffusers' dtype, and vidiff's in the same-dtype row")
-    p.add_argument("--rounds", type=int, default=2, help="measured rounds after the warm-up")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS + OPTIONAL_ROWS)}")
-    p.add_argument("--lightning-steps", type=int, default=4, help="steps of the lightning row")
-    p.add_argument("--decode-chunk-size", type=int, default=8)
-    p.add_argument("--cache", help="where the random weights are kept (default: ~/.cache/vidiff/bench-SIZE)")
-    p.add_argument("--json", help="also write the results here")
 
 
 def sd15_folder(folder: Path) -> Path:

@@ -3,21 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import time
 from collections.abc import Sequence
 
 from .errors import InvalidArgument, RenderInterrupted, VidiffError
-from .options import DEFAULT_MODEL, add_generate_arguments, add_model_arguments, fields_from, job_from_args
+from .options import (
+    DEFAULT_MODEL,
+    add_bench_arguments,
+    add_dry_run,
+    add_generate_arguments,
+    add_model_arguments,
+    add_train_arguments,
+    fields_from,
+    job_from_args,
+)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"vidiff: error: {message}", file=sys.stderr)
+        print(f"vidiff: error: {one_line(message)}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(message: str) -> str:
+    """Control characters (line breaks a user typed into a value) escaped, so an error stays one line."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt", nargs="?", help="what to make (not needed with --resume)")
     gen.add_argument("-o", "--output", help="out.gif | out.mp4 | out.webp | folder/ for PNG frames")
     add_generate_arguments(gen)
+    add_dry_run(gen)
 
     dec = sub.add_parser("decode", help="decode saved latents into a video with a model's VAE")
     dec.add_argument("latents", help=".pt, .pth or .safetensors latents")
@@ -38,14 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--fps", type=float, default=8.0)
     dec.add_argument("--decode-chunk-size", type=int, default=8)
     dec.add_argument("--overwrite", action="store_true")
+    add_dry_run(dec)
 
     tr = sub.add_parser("train", help="train an image model or motion modules (AnimateDiff's two stages)")
-    from .train.trainer import add_arguments as train_arguments
-
-    train_arguments(tr)
+    add_train_arguments(tr)
+    add_dry_run(tr)
 
     ev = sub.add_parser("eval-demo", help="colour / shape / direction accuracy of a model on the demo prompts")
-    add_model_arguments(ev)
+    add_model_arguments(ev, mode=False)
     ev.add_argument("--seeds", type=int, default=3, help="clips per combination")
     ev.add_argument(
         "--modes",
@@ -69,11 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--worker-gpus", type=float, default=0, help="Ray: GPUs per worker")
     b.add_argument("--threads", type=int, help="torch threads of a local batch (default: torch's)")
     add_generate_arguments(b)
+    add_dry_run(b)
 
     bench = sub.add_parser("bench", help="seconds per step and peak memory, vidiff and diffusers side by side")
-    from .bench import add_arguments
-
-    add_arguments(bench)
+    add_bench_arguments(bench)
     return parser
 
 
@@ -87,15 +102,20 @@ def _quiet_libraries() -> None:
 
 
 def generate(args: argparse.Namespace) -> None:
-    from .job import render
-
     job = job_from_args(args)
+    job.validate()  # before torch loads: argument errors come back at once
+    if args.dry_run:
+        print(job.to_json())
+        return
+    _quiet_libraries()
+    from .renderer import render
+
     try:
         result = render(job, progress=not args.quiet)
     except RenderInterrupted as e:
         if e.checkpoint is not None:
-            print(f"vidiff: interrupted; resume with: vidiff generate --resume {e.checkpoint} "
-                  f"--model {e.job.model} -o {e.job.output}", file=sys.stderr)  # fmt: skip
+            command = shlex.join(["vidiff", "generate", "--resume", str(e.checkpoint), "-o", str(e.job.output)])
+            print(f"vidiff: interrupted; resume with: {command}", file=sys.stderr)
         raise
     run = result.job
     print(f"loaded {run.model} in {result.timings.load:.1f} s")
@@ -109,12 +129,21 @@ def generate(args: argparse.Namespace) -> None:
         print(f"wrote {result.output} ({result.frames_written} frames, {r.width}x{r.height}, {run.fps:g} fps)")
     gib = 2**30
     print(f"seed {run.request.seed} | {result.timings.summary()}")
-    print(f"peak memory {(result.weights_bytes + result.peak_bytes) / gib:.3f} GiB: weights "
-          f"{result.weights_bytes / gib:.3f} + working {result.peak_bytes / gib:.3f}")  # fmt: skip
+    expected = f", {result.estimate_bytes / gib:.3f} estimated" if result.estimate_bytes else ""
+    print(f"memory: process peak {result.process_bytes / gib:.3f} GiB (all counted{expected}) | model weights "
+          f"{result.weights_bytes / gib:.3f} GiB | denoise and decode {result.peak_bytes / gib:.3f} GiB above the "
+          "loaded model")  # fmt: skip
 
 
 def decode(args: argparse.Namespace) -> None:
-    from .job import decode_file
+    from .job import validate_decode
+
+    validate_decode(args.latents, args.output, args.fps, args.decode_chunk_size, args.overwrite)
+    if args.dry_run:
+        print(f"would decode {args.latents} into {args.output}")
+        return
+    _quiet_libraries()
+    from .renderer import decode_file
 
     count, denoised = decode_file(
         args.latents, args.model, args.output, args.fps, args.decode_chunk_size, args.dtype, args.device,
@@ -126,10 +155,16 @@ def decode(args: argparse.Namespace) -> None:
 
 
 def train_stage(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, make_stage, train
-    from .train.trainer import direction_probe
+    from .train import TrainConfig
 
     cfg = TrainConfig(**fields_from(args, TrainConfig))
+    cfg.validate()
+    if args.dry_run:
+        print(cfg)
+        return
+    _quiet_libraries()
+    from .train.trainer import direction_probe, make_stage, train
+
     start = time.perf_counter()
     stage = make_stage(cfg)
     losses = train(cfg, stage=stage)
@@ -146,6 +181,14 @@ def train_stage(args: argparse.Namespace) -> None:
 def eval_demo(args: argparse.Namespace) -> None:
     import json
 
+    from . import checks
+
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps), ("--limit", args.limit or 1),
+                        ("--max-sequence-length", args.max_sequence_length)):  # fmt: skip
+        checks.integer(flag, value, 1)
+    checks.number("--guidance-scale", args.guidance_scale, 0)
+    checks.number("--frame-noise", args.frame_noise, 0)
+    _quiet_libraries()
     from .demo.data import HELD_OUT, SEEN
     from .demo.evaluate import evaluate, summarize, table
     from .pipeline import VideoPipeline
@@ -156,8 +199,9 @@ def eval_demo(args: argparse.Namespace) -> None:
         if extra not in ("", "pab", "fast"):
             raise InvalidArgument("--modes", f"unknown suffix +{extra} in {name!r} (+pab or +fast)")
         pipe = VideoPipeline.from_pretrained(
-            args.model, args.motion_module, args.dtype, args.device, mode, groupnorm=args.groupnorm,
-            loras=args.loras, motion_loras=args.motion_loras, vae=args.vae,
+            args.model, args.motion_module, args.dtype, args.device, mode, args.frame_noise, args.frame_batch,
+            use_t5=not args.no_t5, groupnorm=args.groupnorm, loras=args.loras, motion_loras=args.motion_loras,
+            vae=args.vae,
         )  # fmt: skip
         if extra == "pab":
             pipe.enable_pab()
@@ -173,16 +217,24 @@ def eval_demo(args: argparse.Namespace) -> None:
 
 
 def batch(args: argparse.Namespace) -> int:
-    from .batch import Manifest, defaults_from, job_parser, parse_sweep, plan, read_jobs, run_local
+    from .batch import Manifest, check_threads, defaults_from, job_parser, parse_sweep, plan, read_jobs, run_local
+    from .cluster import RayOptions
 
+    check_threads(args.threads)
+    ray = RayOptions(args.ray, args.worker_cpus, args.worker_gpus) if args.ray else None
+    if ray is not None:
+        ray.validate()
     parser = job_parser()
     sweeps = [parse_sweep(s) for s in args.sweep]
     items = plan(read_jobs(args.jobs), defaults_from(args, parser), parser, args.output, args.name_template, sweeps)
+    if args.dry_run:
+        print(f"{len(items)} jobs planned into {args.output}")
+        return 0
     manifest = Manifest(args.output)
-    if args.ray:
-        from .cluster import RayOptions, run_ray
+    if ray is not None:
+        from .cluster import run_ray
 
-        report = run_ray(items, manifest, RayOptions(args.ray, args.worker_cpus, args.worker_gpus), not args.quiet)
+        report = run_ray(items, manifest, ray, not args.quiet)
     else:
         report = run_local(items, manifest, progress=not args.quiet, threads=args.threads)
     done = len(report.records) - len(report.failed)
@@ -195,6 +247,7 @@ def batch(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> None:
+    _quiet_libraries()
     from .bench import run
 
     run(args)
@@ -211,11 +264,10 @@ def _interrupt(signum, frame) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    _quiet_libraries()
     try:
         return COMMANDS[args.command](args) or 0
     except VidiffError as e:
-        print(f"vidiff: error: {e}", file=sys.stderr)
+        print(f"vidiff: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vidiff: interrupted", file=sys.stderr)

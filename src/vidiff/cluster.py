@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from . import checks
 from .batch import BatchReport, Item, Manifest, record, render_one
 from .errors import InvalidArgument
 
@@ -22,6 +23,11 @@ class RayOptions:
     worker_cpus: int = 1  # CPU cores per worker slot (torch threads in the actor)
     worker_gpus: float = 0.0  # GPUs per worker slot
     retries: int = 3  # actor restarts and job retries after a worker dies
+
+    def validate(self) -> None:
+        checks.text("--ray", self.address, empty=False)
+        checks.integer("--worker-cpus", self.worker_cpus, 1)
+        checks.number("--worker-gpus", self.worker_gpus, 0)
 
 
 def route(items: list[Item], workers: int) -> list[list[Item]]:
@@ -47,7 +53,7 @@ class RenderWorker:
     def __init__(self, threads: int) -> None:
         import torch
 
-        from .job import Renderer
+        from .renderer import Renderer
 
         torch.set_num_threads(threads)
         self.renderer = Renderer()
@@ -69,8 +75,7 @@ class RayBatch:
             import ray
         except ImportError:
             raise InvalidArgument("--ray", "needs Ray: pip install 'vidiff[ray]'") from None
-        if options.worker_cpus < 1 or options.worker_gpus < 0:
-            raise InvalidArgument("--worker-cpus", "needs at least 1 CPU (and >= 0 GPUs) per worker")
+        options.validate()
         self.ray, self.options, self.started = ray, options, False
         # 1. Connect: a local cluster, or the one at `address`.
         if not ray.is_initialized():

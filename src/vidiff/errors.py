@@ -22,6 +22,17 @@ class OutputExists(VidiffError):
     """The output path exists and `--overwrite` was not given."""
 
 
+class WriteFailed(VidiffError):
+    """Writing the output failed (a full disk, a lost mount): nothing partial is left; `checkpoint` (or None)
+    holds the denoised latents, so a resume only writes again."""
+
+    def __init__(self, output, error: OSError, checkpoint) -> None:
+        reason = error.strerror or str(error)
+        kept = f"; resume with --resume {checkpoint}" if checkpoint is not None else ""
+        super().__init__("--output", f"writing {output} failed: {reason}{kept}")
+        self.checkpoint = checkpoint
+
+
 class RenderInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during a render: `checkpoint` (or None) resumes it, `job` is what was running."""
 

@@ -8,14 +8,15 @@ once. Everything goes through `atomic`: written under a temporary name, renamed 
 from __future__ import annotations
 
 import contextlib
-import os
+import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_file, atomic_folder, check_target
-from .errors import InvalidArgument, OutputExists
+from .atomic import atomic_file, atomic_folder
+from .errors import InvalidArgument
+from .outputs import FRAME_GLOB, FRAMES, check_fps, check_output
 
 PNG_PATTERN = "frame_{:05d}.png"
 
@@ -95,39 +96,7 @@ class _Png(_Sink):
         self.count += 1
 
 
-WRITERS: dict[str, type[_Sink]] = {".gif": _Gif, ".mp4": _Mp4, ".webp": _Webp, "/": _Png}  # "/": a folder
-
-
-def output_kind(path: str) -> str:
-    """The writer key of `path`: '.gif', '.mp4', '.webp', or '/' for a folder of PNG frames."""
-    if not path:
-        raise InvalidArgument("--output", "is empty")
-    if path.endswith(("/", os.sep)) or Path(path).is_dir():
-        return "/"
-    suffix = Path(path).suffix.lower()
-    if suffix not in WRITERS:
-        raise InvalidArgument(
-            "--output", f"cannot tell the format of {path!r}: end it in .gif, .mp4, .webp, .pt, .safetensors or /"
-        )
-    return suffix
-
-
-def check_fps(fps: float) -> None:
-    if not 0 < fps < float("inf"):  # NaN fails too
-        raise InvalidArgument("--fps", f"must be a finite number > 0, got {fps}")
-
-
-def check_output(path: str, overwrite: bool) -> str:
-    """Fail before any work if `path` cannot be written; returns its kind."""
-    kind = output_kind(path)
-    target = Path(path)
-    if kind != "/":
-        check_target(target, overwrite)
-    elif target.is_dir() and not overwrite and any(target.glob("frame_*.png")):
-        raise OutputExists("--output", f"{path} already holds frames; pass --overwrite to replace them")
-    elif not target.exists() and not target.parent.is_dir():
-        raise InvalidArgument("--output", f"folder {target.parent} does not exist")
-    return kind
+WRITERS: dict[str, type[_Sink]] = {".gif": _Gif, ".mp4": _Mp4, ".webp": _Webp, FRAMES: _Png}
 
 
 class FrameWriter:
@@ -139,8 +108,10 @@ class FrameWriter:
     def __init__(self, path: str, fps: float, overwrite: bool = False) -> None:
         check_fps(fps)
         kind = check_output(path, overwrite)
+        if kind not in WRITERS:
+            raise InvalidArgument("--output", f"{path} is a latents file, not a video")
         self.path, self.overwrite, self.count = Path(path), overwrite, 0
-        self._atomic = atomic_folder(self.path) if kind == "/" else atomic_file(self.path, overwrite)
+        self._atomic = atomic_folder(self.path) if kind == FRAMES else atomic_file(self.path, overwrite)
         tmp = self._atomic.__enter__()
         try:
             self._sink = WRITERS[kind](tmp, fps)
@@ -166,6 +137,11 @@ class FrameWriter:
         except BaseException as e:
             self.abort(e)
             raise
+        if isinstance(self._sink, _Png):  # an overwritten folder keeps no frames of the old, longer video
+            for old in self.path.glob(FRAME_GLOB):
+                number = re.fullmatch(r"frame_(\d+)\.png", old.name)
+                if number and int(number.group(1)) >= self.count:
+                    old.unlink(missing_ok=True)
         return self.path
 
     def abort(self, error: BaseException | None = None) -> None:

@@ -15,7 +15,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-METHODS = ("butterworth", "gaussian", "ideal", "box")
+from .names import FREE_INIT_METHODS
+
+METHODS = FREE_INIT_METHODS
 
 
 def low_pass(shape: tuple[int, ...], method: str, order: int, spatial: float, temporal: float, device) -> Tensor:

@@ -1,33 +1,38 @@
-"""Render jobs: everything one video needs in one serialisable dataclass, and `render(job)` that makes it.
+"""Render jobs: everything one video needs in one serialisable dataclass, checked before any model loads.
 
-`render` does all that `vidiff generate` does: check what can be checked before loading, load (reusing a
-warm pipeline for the same model), resolve and check the sources, resume, denoise with checkpoints, write
-latents or a video atomically, and return the result with its timings and memory. The CLI only builds a
-job from its flags and prints the result; `vidiff batch` and Python callers build jobs the same way.
+`renderer.render(job)` makes it. The CLI only builds a job from its flags and prints the result; `vidiff batch`
+and Python callers build jobs the same way. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import Tensor
-
-from .accel.deep_cache import DeepCacheConfig
-from .accel.pab import PABConfig
-from .adapters.image_sequential import DEFAULT_FRAME_NOISE
-from .atomic import check_target
-from .errors import InvalidArgument, RenderInterrupted
-from .export import FrameWriter, check_fps, check_output
+from . import checks
+from .accel.configs import DeepCacheConfig, PABConfig
+from .errors import InvalidArgument
 from .image_seeds import parse_image_seed
-from .latents_io import is_latents_path, load_latents, save_latents
-from .loading import resolve_device, resolve_dtype
-from .memory import PeakMemory, weight_bytes
-from .pipeline import Timings, VideoPipeline
-from .presets import apply_preset
+from .names import (
+    DEFAULT_FRAME_NOISE,
+    DEVICE_KINDS,
+    DTYPE_NAMES,
+    GROUPNORM_MODES,
+    LATENT_SUFFIXES,
+    MODES,
+    PRESET_NAMES,
+    is_latents_path,
+)
+from .outputs import check_fps, check_output, writable_folder
 from .request import GenerationRequest
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .pipeline import Timings
 
 RESUME_SUFFIX = ".resume.safetensors"
 
@@ -61,6 +66,63 @@ class RenderJob:
     overwrite: bool = False
     checkpoint_every: int | None = None  # keep OUTPUT.resume.safetensors every N steps
     resume: str | None = None  # continue the job stored in this checkpoint
+    force: bool = False  # run even when the memory preflight says it will not fit
+
+    def validate(self, output: bool = True) -> None:
+        """Every check that needs no model, before anything loads or is written: the request, the model's
+        options, the files named, and (`output`) the output and its folder. Nothing here imports torch."""
+        c = checks
+        if not isinstance(self.request, GenerationRequest):
+            raise InvalidArgument("request", f"must be a GenerationRequest, got {type(self.request).__name__}")
+        self.request.validate()
+        c.text("--model", self.model, empty=False)
+        for flag, path in (("--motion-module", self.motion_module), ("--vae", self.vae), ("--resume", self.resume)):
+            if path is not None:
+                c.existing(flag, path)
+        c.choice("--mode", self.mode, MODES)
+        c.number("--frame-noise", self.frame_noise, 0)
+        if self.frame_batch is not None:
+            c.integer("--frame-batch", self.frame_batch, 1)
+        c.choice("--groupnorm", self.groupnorm, GROUPNORM_MODES)
+        for flag, specs in (("--lora", self.loras), ("--motion-lora", self.motion_loras)):
+            if not isinstance(specs, list | tuple):
+                raise InvalidArgument(flag, f"must be a list of FILE[:SCALE], got {specs!r}")
+            for spec in specs:
+                c.existing(flag, c.weighted_file(flag, spec)[0])
+        c.choice("--dtype", self.dtype, DTYPE_NAMES, "dtype")
+        c.choice("--device", c.text("--device", self.device).split(":")[0], DEVICE_KINDS, "device")
+        if self.preset is not None:
+            c.choice("--preset", self.preset, PRESET_NAMES)
+        for flag, value in (
+            ("--use-t5", self.use_t5),
+            ("--fast", self.fast),
+            ("--overwrite", self.overwrite),
+            ("--force", self.force),
+        ):
+            if not isinstance(value, bool):
+                raise InvalidArgument(flag, f"must be true or false, got {value!r}")
+        for config in (self.pab, self.deep_cache):
+            if config is not None:
+                config.validate()
+        if self.compile_backend is not None:
+            c.text("--compile-backend", self.compile_backend, empty=False)
+        seed = parse_image_seed(c.text("--image-seeds", self.image_seeds)) if self.image_seeds is not None else None
+        starts_from_latents = self.resume is not None or (seed is not None and seed.latents is not None)
+        if self.request.denoising_start is not None and not starts_from_latents:
+            raise InvalidArgument("--denoising-start", 'needs latents to continue: --image-seeds "latents: FILE"')
+        if seed is not None and seed.latents is not None and self.resume is not None:
+            raise InvalidArgument("--resume", "continues its own latents; drop latents= from --image-seeds")
+        check_fps(self.fps)
+        c.integer("--decode-chunk-size", self.decode_chunk_size, 1)
+        if self.checkpoint_every is not None:
+            c.integer("--checkpoint-every", self.checkpoint_every, 1)
+        end = self.request.denoising_end
+        if end is not None and end < 1 and not (self.output and is_latents_path(self.output)):
+            raise InvalidArgument("--output", "partly denoised latents (--denoising-end) go to .pt, .pth, .safetensors")
+        if output and self.output is None:
+            writable_folder("--output", Path.cwd())  # a name is made up after loading, in this folder
+        elif output:
+            check_output(self.output, self.overwrite)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,7 +162,9 @@ class RenderResult:
     job: RenderJob  # as run: the request resolved (seed, size, scheduler), the output named
     timings: Timings
     weights_bytes: int
-    peak_bytes: int  # highest working memory above the resting level, weights excluded
+    peak_bytes: int  # highest memory of denoising and decoding above the level before, loaded weights excluded
+    process_bytes: int = 0  # the process's peak so far (max resident set on CPU): everything counted
+    estimate_bytes: int = 0  # what the memory preflight expected the process to need (0: --force)
     frames_written: int = 0  # 0 when latents were written
     reused_pipeline: bool = False
     notes: list[str] = field(default_factory=list)  # what loading found out (motion-module version, ...)
@@ -108,6 +172,49 @@ class RenderResult:
     @property
     def is_latents(self) -> bool:
         return is_latents_path(str(self.output))
+
+
+FLAGS = {"prompt": "prompt", "strength": "--image-seed-strength", "loras": "--lora", "motion_loras": "--motion-lora",
+         "use_t5": "--no-t5", "pab": "--pab", "deep_cache": "--deep-cache", "compile_backend": "--compile"}  # fmt: skip
+RESUME_MAY_CHANGE = (
+    "request",
+    "output",
+    "overwrite",
+    "resume",
+    "fps",
+    "decode_chunk_size",
+    "checkpoint_every",
+    "force",
+)
+
+
+def check_resume(given: RenderJob, saved: RenderJob) -> None:
+    """Refuse, naming the flag, any option given with --resume (one that differs from its default) that
+    contradicts the job the checkpoint saved; where the video goes and how it is written may change."""
+    pairs = [(f.name, getattr(given.request, f.name), getattr(saved.request, f.name), f.default)
+             for f in fields(GenerationRequest) if f.name != "prompt"]  # fmt: skip
+    pairs.append(("prompt", given.request.prompt, saved.request.prompt, ""))
+    pairs += [(f.name, getattr(given, f.name), getattr(saved, f.name), _default(f))
+              for f in fields(RenderJob) if f.name not in RESUME_MAY_CHANGE]  # fmt: skip
+    for name, value, kept, default in pairs:
+        if value != default and value != kept:
+            flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
+            raise InvalidArgument(flag, f"{value!r} contradicts the resumed job's {kept!r}; leave it out to resume")
+
+
+def _default(f):
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
+def validate_decode(latents: str, output: str, fps: float, decode_chunk_size: int, overwrite: bool) -> None:
+    """`vidiff decode`'s checks that need no model (the latents file's content is checked when read)."""
+    checks.existing("latents", latents)
+    if not is_latents_path(latents):
+        raise InvalidArgument("latents", f"{latents} is not a .pt, .pth or .safetensors file")
+    if check_output(output, overwrite) in LATENT_SUFFIXES:
+        raise InvalidArgument("--output", f"{output} is a latents file; decode writes a video or a folder/")
+    check_fps(fps)
+    checks.integer("--decode-chunk-size", decode_chunk_size, 1)
 
 
 def slug(text: str, length: int = 48) -> str:
@@ -121,156 +228,3 @@ def default_output(prompt: str, seed: int) -> str:
 
 def resume_path(output: str) -> Path:
     return Path(f"{output}{RESUME_SUFFIX}")
-
-
-def load_resume(path: str, override: RenderJob | None = None) -> tuple[RenderJob, object]:
-    """The job stored in a resume checkpoint (with `override`'s output and overwrite), and the checkpoint."""
-    item = load_latents(path, "--resume")
-    if item.meta.job is None:
-        raise InvalidArgument("--resume", f"{path} is not a vidiff checkpoint (it carries no job)")
-    job = RenderJob.from_dict(item.meta.job)
-    if override is not None:
-        job = replace(job, output=override.output or job.output, overwrite=override.overwrite)
-    return replace(job, resume=path), item
-
-
-class Renderer:
-    """Renders jobs, keeping the last loaded pipeline warm for the next job on the same model."""
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.pipe: VideoPipeline | None = None
-        self.loads = 0  # pipelines loaded so far
-
-    def pipeline(self, job: RenderJob) -> tuple[VideoPipeline, bool]:
-        """The pipeline for `job` (loaded, or the warm one) with the job's accelerators; and whether reused."""
-        reused = self.pipe is not None and self.key == job.pipeline_key
-        if not reused:
-            self.pipe = None  # free the old model before loading the next
-            pipe = VideoPipeline.from_pretrained(
-                job.model, job.motion_module, job.dtype, job.device, job.mode, job.frame_noise, job.frame_batch,
-                use_t5=job.use_t5, groupnorm=job.groupnorm, loras=job.loras, motion_loras=job.motion_loras,
-                vae=job.vae,
-            )  # fmt: skip
-            if job.compile_backend:
-                pipe.compile(job.compile_backend)
-            self.pipe, self.key = pipe, job.pipeline_key
-            self.loads += 1
-        pipe = self.pipe
-        pipe.disable_pab()
-        pipe.disable_deep_cache()
-        if job.fast:
-            pipe.enable_fast()
-        if job.pab is not None:
-            pipe.enable_pab(job.pab)
-        if job.deep_cache is not None:
-            pipe.enable_deep_cache(job.deep_cache)
-        return pipe, reused
-
-    def render(self, job: RenderJob, progress: bool = False) -> RenderResult:
-        # 1. Everything that can be checked without the model, before loading it.
-        resumed = None
-        if job.resume is not None:
-            job, resumed = load_resume(job.resume, job)
-        request, loras, notes = apply_preset(job.preset, job.request, job.loras, job.motion_module)
-        job = replace(job, request=request, loras=loras)
-        job.request.validate()
-        seed = parse_image_seed(job.image_seeds) if job.image_seeds is not None else None
-        if seed is not None and seed.latents is not None and resumed is not None:
-            raise InvalidArgument("--resume", "continues its own latents; drop latents= from --image-seeds")
-        _check_output(job.output, job.overwrite)
-        latents_out = job.output is not None and is_latents_path(job.output)
-        end = job.request.denoising_end
-        if end is not None and end < 1 and not latents_out:
-            raise InvalidArgument("--output", "partly denoised latents (--denoising-end) go to .pt, .pth, .safetensors")
-        if job.checkpoint_every is not None and job.checkpoint_every < 1:
-            raise InvalidArgument("--checkpoint-every", f"must be >= 1, got {job.checkpoint_every}")
-        check_fps(job.fps)
-        if job.decode_chunk_size < 1:
-            raise InvalidArgument("--decode-chunk-size", f"must be >= 1, got {job.decode_chunk_size}")
-        for config in (job.pab, job.deep_cache):
-            if config is not None:
-                config.validate()
-        resolve_dtype(job.dtype, resolve_device(job.device))
-        # 2. Load (or reuse) the model, then resolve the request and its sources against it.
-        pipe, reused = self.pipeline(job)
-        source, request = pipe.resolve_source(job.request, seed, resumed, job.decode_chunk_size)
-        output = job.output or default_output(request.prompt, request.seed)
-        job = replace(job, request=request, output=output, resume=None)
-        resume_file = resume_path(output)
-        checkpoint = resume_file if job.checkpoint_every else None
-
-        def on_step(step: int, t, latents) -> None:
-            if checkpoint is not None and step % job.checkpoint_every == 0:
-                save_latents(checkpoint, _snapshot(pipe, job, latents, step), overwrite=True)
-
-        # 3. Denoise (checkpointing); an interruption keeps the last checkpoint and says how to resume.
-        with PeakMemory(pipe.device) as memory:
-            try:
-                latents = pipe.generate_latents(request, progress=progress, callback=on_step, source=source)
-            except KeyboardInterrupt as e:
-                saved = checkpoint if checkpoint is not None and checkpoint.exists() else None
-                raise RenderInterrupted(saved, job) from e
-            # 4. Save the latents, or decode them in chunks straight into the writer.
-            count = 0
-            if is_latents_path(output):
-                save_latents(output, _snapshot(pipe, job, latents), job.overwrite)
-            else:
-                with FrameWriter(output, job.fps, job.overwrite) as writer:
-                    for frames in pipe.decode(latents[0], job.decode_chunk_size):
-                        writer.append(frames)
-                count = writer.count
-        if checkpoint is not None or resumed is not None:
-            resume_file.unlink(missing_ok=True)  # the run it was keeping is complete
-        weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
-        notes = notes + pipe.notes
-        return RenderResult(Path(output), latents, job, pipe.timings, weights, memory.peak, count, reused, notes)
-
-
-def _check_output(output: str | None, overwrite: bool) -> None:
-    if output is None:
-        return
-    if is_latents_path(output):
-        check_target(Path(output), overwrite)
-    else:
-        check_output(output, overwrite)
-
-
-def _snapshot(pipe: VideoPipeline, job: RenderJob, latents: Tensor, step: int | None = None):
-    item = pipe.snapshot(latents, step)
-    item.meta.job = job.to_dict()
-    return item
-
-
-_renderer: Renderer | None = None
-
-
-def render(job: RenderJob, renderer: Renderer | None = None, progress: bool = False) -> RenderResult:
-    """Render one job; the module's own Renderer keeps the last pipeline warm between calls."""
-    global _renderer
-    if renderer is None:
-        _renderer = _renderer or Renderer()
-        renderer = _renderer
-    return renderer.render(job, progress=progress)
-
-
-def decode_file(
-    latents: str, model: str, output: str, fps: float = 8.0, decode_chunk_size: int = 8, dtype: str = "auto",
-    device: str = "cpu", overwrite: bool = False,
-) -> tuple[int, float | None]:  # fmt: skip
-    """Decode a latents file with a model's VAE into a video; returns (frames written, fraction denoised)."""
-    from .codec import LatentCodec
-    from .latents_io import check_latents
-    from .loading import load_vae, resolve_model_folder
-    from .specs import detect
-
-    check_output(output, overwrite)
-    torch_device = resolve_device(device)
-    item = load_latents(latents, "latents")
-    spec = detect(resolve_model_folder(model))
-    codec = LatentCodec(load_vae(model, resolve_dtype(dtype, torch_device), torch_device), spec.latent_space)
-    check_latents(item, latents, codec.channels, None, argument="latents")
-    with FrameWriter(output, fps, overwrite) as writer:
-        for frames in codec.decode(item.latents[0], decode_chunk_size):
-            writer.append(frames)
-    return writer.count, item.meta.denoised

@@ -129,6 +129,8 @@ def load_latents(path: str | Path, argument: str = "--image-seeds") -> LatentsFi
             header = f.metadata() or {}
     if torch.is_tensor(data):
         tensor = data
+    elif not isinstance(data, dict):
+        raise LoadError(argument, f"{path} holds a {type(data).__name__}, not a latents tensor")
     else:
         key = next((k for k in DGENERATE_KEYS if k in data), None)
         if key is None and len(data) == 1:
@@ -140,11 +142,20 @@ def load_latents(path: str | Path, argument: str = "--image-seeds") -> LatentsFi
         tensor = tensor.transpose(0, 1).unsqueeze(0)  # (N, C, h, w) -> (1, C, N, h, w)
     if tensor.dim() != 5:
         raise LoadError(argument, f"{path}: latents must be 4-D or 5-D, got shape {tuple(tensor.shape)}")
+    if tensor.is_complex() or tensor.dtype == torch.bool or tensor.numel() == 0:
+        raise LoadError(
+            argument, f"{path}: latents must be real numbers, got {tensor.dtype} of shape {tuple(tensor.shape)}"
+        )
+    if not torch.isfinite(tensor).all():
+        raise LoadError(argument, f"{path}: the latents hold NaN or infinite values")
     item = LatentsFile(tensor.float())
     if header.get("format") == FORMAT:
-        item.meta = LatentsMeta(**json.loads(header["meta"]))
-        if "scheduler_state" in header:
-            item.scheduler_state = _state_from_tensors(json.loads(header["scheduler_state"]), data)
+        try:
+            item.meta = LatentsMeta(**json.loads(header["meta"]))
+            if "scheduler_state" in header:
+                item.scheduler_state = _state_from_tensors(json.loads(header["scheduler_state"]), data)
+        except (KeyError, TypeError, ValueError) as e:
+            raise LoadError(argument, f"{path}: its vidiff header is damaged ({e})") from e
         item.generator_state = data.get("generator_state")
     return item
 

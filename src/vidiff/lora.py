@@ -16,7 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import InvalidArgument, LoadError
+from . import checks
+from .errors import LoadError
 from .motion.original_lora import is_original_lora, merge_original_lora
 from .tensor_files import read_state_dict
 
@@ -36,16 +37,8 @@ class Lora:
     @classmethod
     def parse(cls, spec: str, argument: str = "--lora") -> Lora:
         """'FILE' or 'FILE:SCALE' (a Windows drive letter is not a scale)."""
-        path, sep, scale = spec.rpartition(":")
-        if not sep or "/" in scale or "\\" in scale or Path(spec).is_file():  # no scale (or a drive letter)
-            return cls(spec)
-        try:
-            value = float(scale)
-        except ValueError:
-            raise InvalidArgument(argument, f"scale {scale!r} in {spec!r} is not a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidArgument(argument, f"scale {scale!r} in {spec!r} is not a finite number")
-        return cls(path, value)
+        path, scale = checks.weighted_file(argument, spec)
+        return cls(path) if scale is None else cls(path, scale)
 
 
 def _check_architecture(state: dict, path: str, argument: str, family: str) -> None:

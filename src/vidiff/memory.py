@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import torch
@@ -45,6 +46,24 @@ class PeakMemory:
             self._done.set()
             self._thread.join()
             self.peak = max(self.peak, self._rss() - self.base)
+
+
+def current_bytes(device: torch.device) -> int:
+    """Memory in use now: the CUDA allocator's, else this process's resident set."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else PeakMemory._rss()
+
+
+def process_peak(device: torch.device) -> int:
+    """The process's highest memory so far: the CUDA allocator's peak on a GPU, else the maximum resident set
+    (runtime, libraries, weights and activations all counted; 0 where the OS does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return kib if sys.platform == "darwin" else kib * 1024
 
 
 def weight_bytes(*modules: torch.nn.Module) -> int:

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import argparse
 
-from .accel.deep_cache import DeepCacheConfig
-from .accel.pab import PABConfig
-from .adapters.context import FUSES, NOISES, SCHEDULES, SCOPES
-from .adapters.image_sequential import DEFAULT_FRAME_NOISE
+from .accel.configs import DeepCacheConfig, PABConfig
 from .errors import InvalidArgument
-from .motion.groupnorm import MODES as GROUPNORM_MODES
-from .pipeline import MODES
-from .presets import PRESETS
+from .names import (
+    BENCH_OPTIONAL_ROWS,
+    BENCH_ROWS,
+    CONTEXT_FUSES,
+    CONTEXT_SCHEDULES,
+    CONTEXT_SCOPES,
+    DEFAULT_DEEP_CACHE_SKIP,
+    DEFAULT_FRAME_NOISE,
+    GROUPNORM_MODES,
+    MODES,
+    NOISE_TYPES,
+    PRESET_NAMES,
+    TRAIN_STAGES,
+)
 from .request import GenerationRequest
 from .travel import parse_travel
 
@@ -20,11 +28,12 @@ DEFAULT_MODEL = "demo"
 TRAVEL = ("prompt_travel", "negative_prompt_travel")
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """The model and how it loads: shared by generate, batch and eval-demo."""
+def add_model_arguments(p: argparse.ArgumentParser, mode: bool = True) -> None:
+    """The model and how it loads: shared by generate, batch and eval-demo (which takes --modes instead)."""
     p.add_argument("--model", default=DEFAULT_MODEL, help="folder, single-file checkpoint, hub id, or demo (default)")
     p.add_argument("--motion-module", help="AnimateDiff motion module: MotionAdapter folder or .ckpt/.safetensors")
-    p.add_argument("--mode", default="motion", choices=MODES, help="motion modules, or frame by frame (sequential)")
+    if mode:
+        p.add_argument("--mode", default="motion", choices=MODES, help="motion modules, or frame by frame")
     p.add_argument("--frame-noise", type=float, default=DEFAULT_FRAME_NOISE, help="sequential: per-frame noise")
     p.add_argument("--frame-batch", type=int, help="sequential: frames per UNet call (default: all)")
     p.add_argument("--no-t5", action="store_true", help="SD 3: skip the T5 encoder (zeros in its place)")
@@ -37,6 +46,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae", help="replace the model's VAE: a diffusers folder or an original .safetensors/.ckpt")
     p.add_argument("--dtype", default="auto", help="auto (bf16 where native, else float32), float32, bfloat16, float16")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default: %(default)s)")
+
+
+def add_dry_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dry-run", action="store_true", help="check the arguments and say what would run; load nothing")
 
 
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
@@ -52,7 +65,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--steps", type=int, help="default: 25, or the preset's")
     gen.add_argument("--guidance-scale", type=float, help="default: 7.5, or the preset's")
     gen.add_argument(
-        "--preset", choices=PRESETS, help="few-step modules: lightning (AnimateDiff-Lightning), animatelcm"
+        "--preset", choices=PRESET_NAMES, help="few-step modules: lightning (AnimateDiff-Lightning), animatelcm"
     )
     gen.add_argument("--timestep-spacing", help="override the scheduler's: leading, trailing, linspace")
     gen.add_argument("--seed", type=int, help="default: random, printed at the end")
@@ -67,17 +80,20 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--context-length", type=int, help="frames per context window (default 16 past the table)")
     gen.add_argument("--context-overlap", type=int, default=4, help="frames neighbouring windows share")
     gen.add_argument("--context-stride", type=int, help="frames between window starts (instead of the overlap)")
-    gen.add_argument("--context-schedule", default="uniform", choices=SCHEDULES, help="window placement")
+    gen.add_argument("--context-schedule", default="uniform", choices=CONTEXT_SCHEDULES, help="window placement")
     gen.add_argument("--loop", action="store_const", const="looped", dest="context_schedule", help="seamless loop")
-    gen.add_argument("--context-fuse", default="pyramid", choices=FUSES, help="weights of overlapping frames")
-    gen.add_argument("--context-scope", default="backbone", choices=SCOPES, help="window the backbone, or motion only")
-    gen.add_argument("--noise-type", default="random", choices=NOISES, help="FreeNoise: shuffle, repeat, random")
+    gen.add_argument("--context-fuse", default="pyramid", choices=CONTEXT_FUSES, help="weights of overlapping frames")
+    gen.add_argument(
+        "--context-scope", default="backbone", choices=CONTEXT_SCOPES, help="window the backbone, or motion only"
+    )
+    gen.add_argument("--noise-type", default="random", choices=NOISE_TYPES, help="FreeNoise: shuffle, repeat, random")
     gen.add_argument("--free-init", type=int, default=1, metavar="N", help="FreeInit passes (1: off)")
     gen.add_argument("--free-init-method", default="butterworth", help="butterworth, gaussian, ideal or box")
     gen.add_argument("--motion-scale", type=float, default=1.0, help="temporal layers' effect: 0 image only, 1 full")
     gen.add_argument("--fps", type=float, default=8.0)
     gen.add_argument("--decode-chunk-size", type=int, default=8, help="frames the VAE decodes at once")
     gen.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    gen.add_argument("--force", action="store_true", help="run even when the memory preflight says it will not fit")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     gen.add_argument("--compile-backend", default="inductor", help="any registered torch.compile backend")
@@ -87,7 +103,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--pab-temporal", type=int, default=3, help="recompute temporal attention every N steps")
     gen.add_argument("--pab-cross", type=int, default=6, help="recompute cross-attention every N steps")
     gen.add_argument("--pab-range", type=int, nargs=2, default=(100, 800), metavar=("LO", "HI"), help="timesteps")
-    gen.add_argument("--deep-cache", type=int, nargs="?", const=DeepCacheConfig.skip, metavar="N",
+    gen.add_argument("--deep-cache", type=int, nargs="?", const=DEFAULT_DEEP_CACHE_SKIP, metavar="N",
                      help="UNets: recompute inner blocks every N steps, reuse them between (DeepCache)")  # fmt: skip
     gen.add_argument("--image-seeds", help='"latents: f.pt" | "src" | "src;latents=f.pt" | "src;mask=m.png"')
     gen.add_argument("--image-seed-strength", type=float, default=0.8, help="img2img: share of the schedule re-run")
@@ -95,6 +111,61 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--denoising-end", type=float, help="stop at this fraction and save the noisy latents")
     gen.add_argument("--checkpoint-every", type=int, help="save resumable latents every N steps beside the output")
     gen.add_argument("--resume", help="continue an interrupted run from its .resume.safetensors checkpoint")
+
+
+def add_train_arguments(tr: argparse.ArgumentParser) -> None:
+    """`vidiff train`'s flags: TrainConfig's fields."""
+    tr.add_argument("stage", choices=TRAIN_STAGES, help="vae, image (UNet + text encoder), or motion")
+    tr.add_argument("--model", required=True, help="SD 1.x folder: trained in place (vae, image) or frozen (motion)")
+    tr.add_argument("--data", default="demo", help="'demo' (synthetic shapes) or a folder of captioned videos")
+    tr.add_argument("--out", help="motion stage: MotionAdapter folder to write (default: MODEL/motion_adapter)")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.add_argument("--lr", type=float, help="default: 1e-3 for vae, 5e-4 otherwise")
+    tr.add_argument("--frames", type=int, default=16)
+    tr.add_argument("--size", type=int, default=64, help="training resolution in pixels")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--checkpoint-every", type=int, default=200)
+    tr.add_argument("--save-dtype", default="float32", help="dtype of the exported weights")
+    tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    tr.add_argument("--family", choices=("sd1", "sd3"), help="architecture of a new demo-sized model (default sd1)")
+    tr.add_argument("--keyframe-share", type=float, default=0.0, help="image stage: share of first frames drawn")
+    tr.add_argument("--text-lr-scale", type=float, default=1.0, help="image stage: text lr factor (0: frozen)")
+    tr.add_argument("--trainable", nargs="+", default=["motion_modules."], metavar="PATTERN",
+                    help="motion stage: parameters whose names contain one of these train ('.' = all)")  # fmt: skip
+    tr.add_argument("--lora-rank", type=int, default=0, help="motion stage: a LoRA of this rank on spatial attention")
+    tr.add_argument("--lora-out", help="where that LoRA is written (default MODEL/spatial_lora.safetensors)")
+    tr.add_argument("--min-noise", type=float, default=0.0, help="motion stage: train on noise levels from here up")
+    tr.add_argument("--probe", type=int, default=0, metavar="CLIPS", help="motion stage: then the direction-word probe")
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """`vidiff bench`'s flags."""
+    p.add_argument(
+        "--size",
+        choices=("sd15", "tiny", "demo"),
+        default="sd15",
+        help="random SD 1.5-sized or tiny weights, or the demo",
+    )
+    p.add_argument("--model", help="an SD 1.x folder instead of --size (with --motion-module)")
+    p.add_argument("--motion-module", help="with --model: AnimateDiff motion module (folder or single file)")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--baseline-dtype", default="float32", help="diffusers' dtype, and vidiff's in the same-dtype row")
+    p.add_argument("--rounds", type=int, default=2, help="measured rounds after the warm-up")
+    p.add_argument(
+        "--rows",
+        default=",".join(BENCH_ROWS),
+        help=f"comma-separated, of {', '.join(BENCH_ROWS + BENCH_OPTIONAL_ROWS)}",
+    )
+    p.add_argument("--lightning-steps", type=int, default=4, help="steps of the lightning row")
+    p.add_argument("--decode-chunk-size", type=int, default=8)
+    p.add_argument("--cache", help="where the random weights are kept (default: ~/.cache/vidiff/bench-SIZE)")
+    p.add_argument("--json", help="also write the results here")
 
 
 def job_from_args(args: argparse.Namespace):
@@ -109,9 +180,11 @@ def job_from_args(args: argparse.Namespace):
         args, GenerationRequest, prompt=args.prompt or first, strength=args.image_seed_strength, **travel
     )
     span = tuple(args.pab_range)
+    pab = PABConfig(args.pab_spatial, args.pab_temporal, args.pab_cross, span, span, span)
+    pab.validate()  # given without --pab, the --pab-* flags are still checked
     return RenderJob(
         **fields_from(args, RenderJob, request=GenerationRequest(**given), use_t5=not args.no_t5),
-        pab=PABConfig(args.pab_spatial, args.pab_temporal, args.pab_cross, span, span, span) if args.pab else None,
+        pab=pab if args.pab else None,
         deep_cache=DeepCacheConfig(args.deep_cache) if args.deep_cache is not None else None,
         compile_backend=args.compile_backend if args.compile else None,
     )

@@ -15,7 +15,6 @@ from .accel.deep_cache import DeepCacheConfig, apply_deep_cache
 from .accel.pab import PABConfig, apply_pab
 from .adapters.base import Loaded, LoadOptions, VideoDenoiser
 from .adapters.context import DEFAULT_LENGTH, ContextOptions, ContextWindowDenoiser
-from .adapters.image_sequential import DEFAULT_FRAME_NOISE
 from .codec import LatentCodec
 from .conditioning import Conditioning
 from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
@@ -25,7 +24,7 @@ from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
 from .lora import Lora
-from .motion.groupnorm import MODES as GROUPNORM_MODES
+from .names import DEFAULT_FRAME_NOISE, GROUPNORM_MODES, MODES
 from .request import GenerationRequest
 from .schedules import (
     add_noise,
@@ -42,7 +41,6 @@ from .specs import BackboneSpec, detect
 from .travel import interpolate
 
 OUTPUT_TYPES = ("np", "pil", "latent")
-MODES = ("motion", "sequential")  # all frames denoised together through motion modules | frame by frame
 ACCELERATORS = ("pab", "deep_cache")  # in the order they are applied
 
 
@@ -168,6 +166,9 @@ class VideoPipeline:
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Validate a request against this model and fill in its size and seed."""
         request = request.resolved(self.default_size, self.spec)
+        trained = self.scheduler_config.get("num_train_timesteps", 1000)
+        if request.steps > trained:
+            raise InvalidArgument("--steps", f"{request.steps} steps exceed this model's {trained}-step schedule")
         self.denoiser_for(request).check_frames(self.codec.latent_frames(request.frames))
         return request
 

@@ -6,15 +6,25 @@ import secrets
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from . import checks
 from .errors import InvalidArgument
-from .free_init import METHODS as FREE_INIT_METHODS
-from .schedules import BETA_SCHEDULES, FLOW_SCHEDULERS, SCHEDULERS, TIMESTEP_SPACINGS, scheduler_class
-from .travel import INTERPOLATIONS, check_travel
+from .names import (
+    BETA_SCHEDULES,
+    CONTEXT_FUSES,
+    CONTEXT_SCHEDULES,
+    CONTEXT_SCOPES,
+    FLOW_SCHEDULERS,
+    FREE_INIT_METHODS,
+    NOISE_TYPES,
+    SCHEDULER_CLASSES,
+    TIMESTEP_SPACINGS,
+    TRAVEL_INTERPOLATIONS,
+    scheduler_key,
+)
+from .travel import check_keys, check_travel
 
 if TYPE_CHECKING:
     from .specs import BackboneSpec
-
-FLOW_CLASSES = tuple(SCHEDULERS[name] for name in FLOW_SCHEDULERS)
 
 DEFAULT_FRAMES = 16
 DEFAULT_STEPS = 25
@@ -65,60 +75,69 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         for name in ("prompt_travel", "negative_prompt_travel"):  # JSON keys are strings
             value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, {int(k): v for k, v in value.items()})
+            if isinstance(value, dict):
+                object.__setattr__(self, name, {_frame_key(k): v for k, v in value.items()})
 
     @property
     def cfg(self) -> bool:
         return (self.guidance_scale if self.guidance_scale is not None else DEFAULT_GUIDANCE) > 1.0
 
     def validate(self) -> None:
-        """Checks that need no model."""
-        if self.frames is not None:
-            _positive("--frames", self.frames)
-        if self.steps is not None:
-            _positive("--steps", self.steps)
-        _positive("--num-videos", self.num_videos)
+        """Every check that needs no model: types, ranges, finiteness, names."""
+        c = checks
+        c.text("prompt", self.prompt)
+        c.text("--negative-prompt", self.negative_prompt)
+        for flag, value in (("--prompt-2", self.prompt_2), ("--prompt-3", self.prompt_3)):
+            if value is not None:
+                c.text(flag, value)
+        c.integer("--max-sequence-length", self.max_sequence_length, 1, 512)  # T5's longest
+        for flag, value in (("--frames", self.frames), ("--steps", self.steps)):
+            if value is not None:
+                c.integer(flag, value, 1)
+        c.integer("--num-videos", self.num_videos, 1)
         for flag, value in (("--height", self.height), ("--width", self.width)):
-            if value is not None and (value <= 0 or value % SIZE_MULTIPLE):
+            if value is not None and (c.integer(flag, value, 1) % SIZE_MULTIPLE):
                 raise InvalidArgument(flag, f"must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
-        if self.guidance_scale is not None and not 0 <= self.guidance_scale < float("inf"):
-            raise InvalidArgument("--guidance-scale", f"must be a finite number >= 0, got {self.guidance_scale}")
-        if not 0.0 <= self.eta <= 1.0:
-            raise InvalidArgument("--eta", f"must be in [0, 1], got {self.eta}")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise InvalidArgument("--seed", f"must be in [0, 2**63), got {self.seed}")
+        if self.guidance_scale is not None:
+            c.number("--guidance-scale", self.guidance_scale, 0)
+        c.number("--eta", self.eta, 0, 1)
+        if self.seed is not None:
+            c.integer("--seed", self.seed, 0, 2**63 - 1)
         for flag, value in (("--denoising-start", self.denoising_start), ("--denoising-end", self.denoising_end)):
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise InvalidArgument(flag, f"must be a fraction in [0, 1], got {value}")
+            if value is not None:
+                c.number(flag, value, 0, 1)
         start, end = self.denoising_start, self.denoising_end
         if start is not None and end is not None and start >= end:
             raise InvalidArgument("--denoising-end", "must be greater than --denoising-start")
-        if not 0.0 <= self.motion_scale < float("inf"):
-            raise InvalidArgument("--motion-scale", f"must be a finite number >= 0, got {self.motion_scale}")
-        _positive("--free-init", self.free_init)
-        if self.free_init_method not in FREE_INIT_METHODS:
-            raise InvalidArgument("--free-init-method", f"must be one of {', '.join(FREE_INIT_METHODS)}")
-        for flag, value in (("--free-init-spatial", self.free_init_spatial),
-                            ("--free-init-temporal", self.free_init_temporal)):  # fmt: skip
-            if not 0 < value <= 1:
-                raise InvalidArgument(flag, f"must be a stop frequency in (0, 1], got {value}")
-        if self.travel_interpolation not in INTERPOLATIONS:
-            raise InvalidArgument("--travel-interpolation", f"must be one of {', '.join(INTERPOLATIONS)}")
-        if not 0.0 <= self.strength <= 1.0:
-            raise InvalidArgument("--image-seed-strength", f"must be in [0, 1], got {self.strength}")
-        if self.scheduler is not None:
-            scheduler_class(self.scheduler)
-        _positive("--max-sequence-length", self.max_sequence_length)
-        if self.timestep_spacing is not None and self.timestep_spacing not in TIMESTEP_SPACINGS:
+        c.number("--image-seed-strength", self.strength, 0, 1)
+        c.number("--motion-scale", self.motion_scale, 0)
+        if self.context_length is not None:
+            c.integer("--context-length", self.context_length, 1)
+        c.integer("--context-overlap", self.context_overlap, 0)
+        if self.context_stride is not None:
+            c.integer("--context-stride", self.context_stride, 1)
+        c.choice("--context-schedule", self.context_schedule, CONTEXT_SCHEDULES)
+        c.choice("--context-fuse", self.context_fuse, CONTEXT_FUSES)
+        c.choice("--context-scope", self.context_scope, CONTEXT_SCOPES)
+        c.choice("--noise-type", self.noise_type, NOISE_TYPES)
+        for flag, travel in (("--prompt-travel", self.prompt_travel),
+                             ("--negative-prompt-travel", self.negative_prompt_travel)):  # fmt: skip
+            if travel is not None:
+                check_keys(travel, flag)
+        c.choice("--travel-interpolation", self.travel_interpolation, TRAVEL_INTERPOLATIONS)
+        c.integer("--free-init", self.free_init, 1)
+        c.choice("--free-init-method", self.free_init_method, FREE_INIT_METHODS)
+        c.integer("--free-init-order", self.free_init_order, 1)
+        c.number("--free-init-spatial", self.free_init_spatial, 0, 1, above=True)
+        c.number("--free-init-temporal", self.free_init_temporal, 0, 1, above=True)
+        if self.scheduler is not None and scheduler_key(c.text("--scheduler", self.scheduler)) is None:
             raise InvalidArgument(
-                "--timestep-spacing", f"unknown spacing {self.timestep_spacing!r} ({', '.join(TIMESTEP_SPACINGS)})"
+                "--scheduler", f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULER_CLASSES)})"
             )
-        if self.beta_schedule is not None and self.beta_schedule not in BETA_SCHEDULES:
-            raise InvalidArgument(
-                "--beta-schedule",
-                f"unknown beta schedule {self.beta_schedule!r} (choose from {', '.join(BETA_SCHEDULES)})",
-            )
+        if self.timestep_spacing is not None:
+            c.choice("--timestep-spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+        if self.beta_schedule is not None:
+            c.choice("--beta-schedule", self.beta_schedule, BETA_SCHEDULES, "beta schedule")
 
     def resolved(self, default_size: int, spec: BackboneSpec) -> GenerationRequest:
         """Validated against the model's spec, with size, seed and scheduler filled in."""
@@ -129,7 +148,7 @@ class GenerationRequest:
             if travel is not None:
                 check_travel(travel, frames, flag)
         scheduler = self.scheduler or spec.default_scheduler
-        if spec.flow != (scheduler_class(scheduler) in FLOW_CLASSES):
+        if spec.flow != (scheduler_key(scheduler) in FLOW_SCHEDULERS):
             kind = "flow-matching (flow-euler)" if spec.flow else "diffusion"
             raise InvalidArgument(
                 "--scheduler", f"{scheduler} does not fit this {spec.name} model: it needs a {kind} scheduler"
@@ -148,6 +167,6 @@ class GenerationRequest:
         )
 
 
-def _positive(flag: str, value: int) -> None:
-    if value < 1:
-        raise InvalidArgument(flag, f"must be >= 1, got {value}")
+def _frame_key(key):
+    """A JSON object's key "12" as the frame 12; anything else as given (validation names it)."""
+    return int(key) if isinstance(key, str) and key.strip().isdigit() else key

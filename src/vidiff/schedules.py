@@ -7,37 +7,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import diffusers
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    LCMScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .errors import InvalidArgument
+from .names import BETA_SCHEDULES, FLOW_SCHEDULERS, SCHEDULER_CLASSES, scheduler_key
 
-SCHEDULERS: dict[str, type[SchedulerMixin]] = {
-    "ddim": DDIMScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler-a": EulerAncestralDiscreteScheduler,
-    "dpm++2m": DPMSolverMultistepScheduler,
-    "pndm": PNDMScheduler,
-    "lms": LMSDiscreteScheduler,
-    "ddpm": DDPMScheduler,
-    "lcm": LCMScheduler,  # latent consistency: AnimateLCM's
-    "flow-euler": FlowMatchEulerDiscreteScheduler,  # flow matching: SD 3's
-}
-FLOW_SCHEDULERS = ("flow-euler",)
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {name: getattr(diffusers, cls) for name, cls in SCHEDULER_CLASSES.items()}
 DIFFUSION_SCHEDULERS = tuple(name for name in SCHEDULERS if name not in FLOW_SCHEDULERS)  # SD 1.x's
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 # Scheduler attributes that change while stepping (DPM-Solver, LMS and PNDM histories, step counters).
 SCHEDULER_STATE = (
     "_step_index",
@@ -56,12 +34,9 @@ SCHEDULER_STATE = (
 
 def scheduler_class(name: str) -> type[SchedulerMixin]:
     """Resolve a short name (`euler-a`) or a diffusers class name (`EulerAncestralDiscreteScheduler`)."""
-    key = name.strip().lower()
-    if key in SCHEDULERS:
+    key = scheduler_key(name)
+    if key is not None:
         return SCHEDULERS[key]
-    for cls in SCHEDULERS.values():
-        if cls.__name__.lower() == key:
-            return cls
     choices = ", ".join(SCHEDULERS)
     raise InvalidArgument("--scheduler", f"unknown scheduler {name!r} (choose from {choices})")
 

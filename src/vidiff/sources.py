@@ -44,9 +44,11 @@ def resolve_source(
     if seed is not None and seed.latents is not None:
         source.latents = load_latents(seed.latents, ARG)
         frames, height, width = codec.pixel_size(source.latents.latents)
+        made_by = source.latents.meta.seed  # the seed that made them, recorded again unless another is given
         request = replace(
-            request, frames=request.frames or frames, height=request.height or height, width=request.width or width
-        )
+            request, frames=request.frames or frames, height=request.height or height, width=request.width or width,
+            seed=made_by if request.seed is None else request.seed,
+        )  # fmt: skip
         check_latents(
             source.latents, seed.latents, codec.channels, codec.space, frames=codec.latent_frames(request.frames)
         )

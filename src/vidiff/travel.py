@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
+from .names import TRAVEL_INTERPOLATIONS
 
-INTERPOLATIONS = ("linear", "slerp")
+if TYPE_CHECKING:
+    from torch import Tensor
+
+INTERPOLATIONS = TRAVEL_INTERPOLATIONS
 
 
 def parse_travel(spec: str, argument: str = "--prompt-travel") -> dict[int, str]:
@@ -26,9 +28,11 @@ def parse_travel(spec: str, argument: str = "--prompt-travel") -> dict[int, str]
     if spec.endswith(".json") and path.is_file():
         try:
             data = json.loads(path.read_text())
-            return {int(k): str(v) for k, v in data.items()}
-        except (ValueError, AttributeError) as e:
+            keyframes = {int(k): str(v) for k, v in data.items()}
+        except (OSError, ValueError, AttributeError) as e:
             raise InvalidArgument(argument, f"{path.name} is not a JSON object of frame: prompt ({e})") from e
+        check_keys(keyframes, argument)
+        return keyframes
     keyframes = {}
     for part in spec.split("|"):
         match = re.fullmatch(r"\s*(\d+)\s*:\s*(.*?)\s*", part)
@@ -38,9 +42,17 @@ def parse_travel(spec: str, argument: str = "--prompt-travel") -> dict[int, str]
     return keyframes
 
 
+def check_keys(keyframes, argument: str = "--prompt-travel") -> None:
+    """Keyframes map frame numbers >= 0 to prompts (as the Python API and JSON files give them too)."""
+    if not isinstance(keyframes, dict) or not keyframes:
+        raise InvalidArgument(argument, "names no keyframe: give {frame: prompt, ...}")
+    for frame, prompt in keyframes.items():
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0 or not isinstance(prompt, str):
+            raise InvalidArgument(argument, f"{frame!r}: {prompt!r} is not frame (>= 0): prompt")
+
+
 def check_travel(keyframes: dict[int, str], frames: int, argument: str = "--prompt-travel") -> None:
-    if not keyframes:
-        raise InvalidArgument(argument, "names no keyframe")
+    check_keys(keyframes, argument)
     last = max(keyframes)
     if last >= frames:
         raise InvalidArgument(argument, f"keyframe {last} is beyond the last frame ({frames - 1})")
@@ -48,6 +60,8 @@ def check_travel(keyframes: dict[int, str], frames: int, argument: str = "--prom
 
 def _slerp(a: Tensor, b: Tensor, w: float) -> Tensor:
     """Spherical interpolation per vector along the last dimension (falls back to linear when parallel)."""
+    import torch
+
     na, nb = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
     omega = torch.acos((na * nb).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))  # (..., 1)
     so = torch.sin(omega)
@@ -57,6 +71,8 @@ def _slerp(a: Tensor, b: Tensor, w: float) -> Tensor:
 
 def interpolate(keyed: dict[int, Tensor], frames: int, how: str = "linear") -> Tensor:
     """Per-frame values (B, F, ...) from keyframe values (B, ...)."""
+    import torch
+
     keys = sorted(keyed)
     out = []
     for f in range(frames):

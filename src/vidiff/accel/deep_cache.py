@@ -7,26 +7,13 @@ such blocks (their spec says `deep_cache=True`); the hook is the one PAB uses (`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
 from ..errors import InvalidArgument
+from .configs import DeepCacheConfig
 from .reuse import ReuseCache
 
 KIND = "deep"
-
-
-@dataclass
-class DeepCacheConfig:
-    """Recompute the inner blocks every `skip`-th step (1: never reuse), over `timestep_range`."""
-
-    skip: int = 3  # DeepCache's usual interval
-    timestep_range: tuple[int, int] = (0, 1000)
-
-    def validate(self) -> None:
-        if self.skip < 1:
-            raise InvalidArgument("--deep-cache", f"must be >= 1 (1: never reuse), got {self.skip}")
 
 
 def inner_blocks(module: nn.Module) -> dict[str, nn.Module]:

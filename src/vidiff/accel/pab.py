@@ -11,41 +11,13 @@ the motion modules' attentions are temporal, in SD 3 the joint attention is spat
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import InvalidArgument
+from .configs import KINDS, PABConfig
 from .reuse import ReuseCache
 
-KINDS = ("spatial", "temporal", "cross")
 AttentionRules = tuple[tuple[str, str], ...]  # (regex on the module name, kind), first match wins
-
-
-@dataclass
-class PABConfig:
-    """How often each attention kind is recomputed (None: always) and over which timesteps it may be skipped."""
-
-    spatial_skip: int | None = 2
-    temporal_skip: int | None = 3
-    cross_skip: int | None = 6
-    spatial_range: tuple[int, int] = (100, 800)
-    temporal_range: tuple[int, int] = (100, 800)
-    cross_range: tuple[int, int] = (100, 800)
-
-    def validate(self) -> None:
-        for kind in KINDS:
-            skip, (lo, hi) = self.skip(kind), self.range(kind)
-            if skip is not None and skip < 1:
-                raise InvalidArgument(f"--pab-{kind}", f"must be >= 1 (1: never skip), got {skip}")
-            if not 0 <= lo < hi:
-                raise InvalidArgument("--pab-range", f"must be LO HI with 0 <= LO < HI, got {lo} {hi}")
-
-    def skip(self, kind: str) -> int | None:
-        return getattr(self, f"{kind}_skip")
-
-    def range(self, kind: str) -> tuple[int, int]:
-        return getattr(self, f"{kind}_range")
 
 
 def attention_kinds(rules: AttentionRules, modules: dict[str, nn.Module]) -> dict[str, str]:

@@ -31,13 +31,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from ..errors import InvalidArgument
+from ..names import CONTEXT_FUSES, CONTEXT_SCHEDULES, CONTEXT_SCOPES, NOISE_TYPES
 from .base import Conditioning, VideoDenoiser
 
-SCHEDULES = ("uniform", "looped", "static")
-FUSES = ("flat", "pyramid", "gauss", "delayed_reverse_sawtooth")
-SCOPES = ("backbone", "motion")
-NOISES = {"random": "random", "shuffle": "shuffle", "shuffle_context": "shuffle", "repeat": "repeat",
-          "repeat_context": "repeat"}  # fmt: skip
+SCHEDULES, FUSES, SCOPES, NOISES = CONTEXT_SCHEDULES, CONTEXT_FUSES, CONTEXT_SCOPES, NOISE_TYPES
 DEFAULT_LENGTH = 16  # what the released motion modules were trained on
 
 

@@ -11,9 +11,8 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+from ..names import DEFAULT_FRAME_NOISE
 from .base import Conditioning, VideoDenoiser
-
-DEFAULT_FRAME_NOISE = 0.05
 
 
 class ImageSequentialDenoiser(VideoDenoiser):

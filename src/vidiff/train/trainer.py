@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,103 +46,13 @@ from ..lora import add_training_lora, save_training_lora
 from ..motion.animatediff_format import load_motion_adapter
 from ..motion.groupnorm import CONFIG_KEY as GROUPNORM_KEY
 from ..specs import detect
+from .config import TrainConfig
 from .data import open_data
 
-STAGES = ("vae", "image", "motion")
 DEFAULT_LR = {"vae": 1e-3, "image": 5e-4, "motion": 5e-4}
 KL_WEIGHT = 1e-5
 FP32 = torch.float32  # training runs in float32 whatever dtype the weights were exported in
 DEMO_TOKENIZER = Path(__file__).resolve().parent.parent / "demo" / "tiny-t2v" / "tokenizer"
-
-
-@dataclass
-class TrainConfig:
-    stage: str
-    model: Path  # the SD 1.x folder: trained in place (vae, image) or frozen (motion)
-    data: str = "demo"  # "demo" or a folder of captioned videos
-    out: Path | None = None  # motion stage: MotionAdapter folder (SD 1.x) or temporal .safetensors (SD 3)
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float | None = None  # default per stage
-    frames: int = 16
-    size: int = 64
-    seed: int = 0
-    checkpoint_every: int = 200
-    warmup: int = 100
-    uncond_prob: float = 0.1
-    save_dtype: str = "float32"
-    restart: bool = False  # ignore an existing checkpoint
-    keyframe_share: float = 0.0  # image stages: how often a clip's first frame is drawn (else any frame)
-    text_lr_scale: float = 1.0  # image stages: the text encoders learn this much slower (0: frozen)
-    family: str | None = None  # a new folder's architecture: "sd1" (default) or "sd3"; else the folder's own
-    trainable: tuple[str, ...] = ("motion_modules.",)  # motion stage: names containing one of these train
-    lora_rank: int = 0  # motion stage: > 0 adds a LoRA of this rank on the spatial attention
-    lora_out: Path | None = None  # where that LoRA goes (default MODEL/spatial_lora.safetensors)
-    min_noise: float = 0.0  # motion stage: noise levels drawn from this fraction of the schedule up
-    losses: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.model = Path(self.model)
-        self.out, self.lora_out = (Path(p) if p else None for p in (self.out, self.lora_out))
-        self.trainable = tuple(self.trainable)
-
-    def validate(self) -> None:
-        if self.stage not in STAGES:
-            raise InvalidArgument("stage", f"unknown stage {self.stage!r} (choose from {', '.join(STAGES)})")
-        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--frames", self.frames)):
-            if value < 1:
-                raise InvalidArgument(flag, f"must be >= 1, got {value}")
-        if self.save_dtype not in DTYPES:
-            raise InvalidArgument("--save-dtype", f"unknown dtype {self.save_dtype!r}")
-        if not 0.0 <= self.keyframe_share <= 1.0:
-            raise InvalidArgument("--keyframe-share", f"must be in [0, 1], got {self.keyframe_share}")
-        if self.text_lr_scale < 0:
-            raise InvalidArgument("--text-lr-scale", f"must be >= 0, got {self.text_lr_scale}")
-        if not self.trainable or not all(self.trainable):
-            raise InvalidArgument("--trainable", "needs at least one non-empty pattern")
-        if not 0.0 <= self.min_noise < 1.0:
-            raise InvalidArgument("--min-noise", f"must be in [0, 1), got {self.min_noise}")
-        if self.lora_rank < 0:
-            raise InvalidArgument("--lora-rank", f"must be >= 0, got {self.lora_rank}")
-        if self.family is not None and self.family not in SKELETONS:
-            raise InvalidArgument("--family", f"unknown family {self.family!r} (choose from sd1, sd3)")
-
-    @property
-    def lora_path(self) -> Path:
-        return self.lora_out or self.model / "spatial_lora.safetensors"
-
-    @property
-    def checkpoint(self) -> Path:
-        if self.stage == "motion" and self.out:
-            folder = self.out.parent if self.out.suffix == ".safetensors" else self.out
-            return folder / f".train-{self.stage}-{self.out.stem}.pt"
-        return self.model / f".train-{self.stage}.pt"
-
-
-def add_arguments(tr) -> None:
-    """`vidiff train`'s flags: TrainConfig's fields."""
-    tr.add_argument("stage", choices=STAGES, help="vae, image (UNet + text encoder), or motion")
-    tr.add_argument("--model", required=True, help="SD 1.x folder: trained in place (vae, image) or frozen (motion)")
-    tr.add_argument("--data", default="demo", help="'demo' (synthetic shapes) or a folder of captioned videos")
-    tr.add_argument("--out", help="motion stage: MotionAdapter folder to write (default: MODEL/motion_adapter)")
-    tr.add_argument("--steps", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int, default=16)
-    tr.add_argument("--lr", type=float, help="default: 1e-3 for vae, 5e-4 otherwise")
-    tr.add_argument("--frames", type=int, default=16)
-    tr.add_argument("--size", type=int, default=64, help="training resolution in pixels")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--checkpoint-every", type=int, default=200)
-    tr.add_argument("--save-dtype", default="float32", help="dtype of the exported weights")
-    tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    tr.add_argument("--family", choices=("sd1", "sd3"), help="architecture of a new demo-sized model (default sd1)")
-    tr.add_argument("--keyframe-share", type=float, default=0.0, help="image stage: share of first frames drawn")
-    tr.add_argument("--text-lr-scale", type=float, default=1.0, help="image stage: text lr factor (0: frozen)")
-    tr.add_argument("--trainable", nargs="+", default=["motion_modules."], metavar="PATTERN",
-                    help="motion stage: parameters whose names contain one of these train ('.' = all)")  # fmt: skip
-    tr.add_argument("--lora-rank", type=int, default=0, help="motion stage: a LoRA of this rank on spatial attention")
-    tr.add_argument("--lora-out", help="where that LoRA is written (default MODEL/spatial_lora.safetensors)")
-    tr.add_argument("--min-noise", type=float, default=0.0, help="motion stage: train on noise levels from here up")
-    tr.add_argument("--probe", type=int, default=0, metavar="CLIPS", help="motion stage: then the direction-word probe")
 
 
 class Stage:

@@ -1,0 +1,200 @@
+"""Memory preflight: estimate a run's peak memory from the model's files and the request, before loading.
+
+The estimate adds up
+- the weights: every tensor in the model's safetensors files (headers only) at the run's dtype; other
+  weight files by size;
+- denoising: activations grow with the batch (videos x 2 with classifier-free guidance), the frames the
+  backbone sees at once (a context window, or a frame batch), the latent area and the backbone's first
+  width, times a constant measured on UNets from the demo's to SD 1.5's size (70-80 bytes per element);
+- decoding: the VAE's first width at full resolution over one decode chunk (6-9 bytes per element
+  measured), plus the frames a GIF or WebP keeps until it is written;
+- the runtime itself (Python, torch, diffusers) on a CPU.
+When it exceeds the memory the device has free, the run is refused with what would fit; `force` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidArgument
+
+GIB = 2**30
+DENOISE_BYTES = 128  # per (batch x frame x latent pixel x first-width channel), float32; measured 80-130
+DECODE_BYTES = 10  # per (frame x pixel x VAE first-width channel), float32; measured 6-9
+RUNTIME_BYTES = GIB // 2  # Python + torch + diffusers on a CPU, measured 0.45 GiB
+ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+SD15_WIDTH, SD15_VAE_WIDTH = 320, 128  # what a single-file checkpoint is taken to be
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What the estimate needs of a run: sizes in pixels, how many frames the backbone sees at once."""
+
+    frames: int
+    height: int
+    width: int
+    batch: int  # videos x 2 with classifier-free guidance
+    frames_at_once: int  # a context window or a frame batch; else all frames
+    decode_chunk: int
+    element: int  # bytes of the run's dtype
+    keeps_frames: bool  # GIF and WebP writers hold every frame until the end
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    denoise: int
+    decode: int
+    runtime: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.denoise + self.decode + self.runtime
+
+    def summary(self) -> str:
+        parts = (("weights", self.weights), ("denoising", self.denoise), ("decoding", self.decode),
+                 ("runtime", self.runtime))  # fmt: skip
+        return f"{self.total / GIB:.1f} GiB (" + " + ".join(f"{n} {b / GIB:.1f}" for n, b in parts) + ")"
+
+
+def _tensor_elements(path: Path) -> int | None:
+    """Elements in a safetensors file, from its header alone; None if it is not one."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+    except (OSError, ValueError, struct.error):
+        return None
+    count = 0
+    for key, entry in header.items():
+        if key != "__metadata__":
+            n = 1
+            for d in entry["shape"]:
+                n *= d
+            count += n
+    return count
+
+
+def weight_bytes_on_disk(paths: list[Path], element: int) -> int:
+    """The weights in these files and folders at `element` bytes per value (non-safetensors: file size)."""
+    total = 0
+    for root in paths:
+        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES]
+        for file in files:
+            if file.name.startswith("."):  # training checkpoints and temporaries
+                continue
+            elements = _tensor_elements(file) if file.suffix == ".safetensors" else None
+            total += elements * element if elements is not None else file.stat().st_size
+    return total
+
+
+def _config(folder: Path, name: str) -> dict:
+    try:
+        return json.loads((folder / name / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class ModelFigures:
+    weight_paths: tuple[Path, ...]
+    width: int  # the backbone's first width: a UNet's first block, a transformer's hidden size
+    vae_width: int  # the VAE's first (full-resolution) width
+    default_size: int  # pixels
+    vae_factor: int = 8  # pixels per latent pixel
+    frame_table: int = 32  # frames the motion modules' position table holds: context windows start past it
+
+
+def model_figures(folder: Path, extra: tuple[Path, ...] = ()) -> ModelFigures:
+    """What the estimate needs of a model, from its configs and file headers (no weights loaded)."""
+    if folder.is_file():
+        return ModelFigures((folder, *extra), SD15_WIDTH, SD15_VAE_WIDTH, 512, 8)
+    unet, transformer, vae = (_config(folder, n) for n in ("unet", "transformer", "vae"))
+    backbone = unet or transformer
+    if unet.get("block_out_channels"):
+        width = unet["block_out_channels"][0]
+    else:
+        width = transformer.get("num_attention_heads", 16) * transformer.get("attention_head_dim", 72)
+    vae_blocks = vae.get("block_out_channels") or [SD15_VAE_WIDTH] * 4
+    factor = 2 ** (len(vae_blocks) - 1)
+    size = backbone.get("sample_size", 64)
+    adapters = [_config(p.parent, p.name) for p in (*extra, folder / "motion_adapter") if p.is_dir()]
+    table = next((a["motion_max_seq_length"] for a in adapters if "motion_max_seq_length" in a), 32)
+    size = size * factor if isinstance(size, int) else 512
+    return ModelFigures((folder, *extra), width, vae_blocks[0], size, factor, table)
+
+
+def run_shape(job, figures: ModelFigures, element: int) -> RunShape:
+    """The RunShape of a RenderJob (before its request is resolved: the model's defaults fill it in)."""
+    r = job.request
+    frames = r.frames or 16
+    if job.mode == "sequential":
+        at_once = job.frame_batch or frames
+    elif r.context_scope == "motion":
+        at_once = frames
+    elif r.context_length is not None:
+        at_once = min(frames, r.context_length)
+    else:
+        at_once = frames if frames <= figures.frame_table else 16  # windows of 16 start past the table
+    cfg = r.guidance_scale is None or r.guidance_scale > 1
+    output = (job.output or ".gif").lower()
+    return RunShape(
+        frames, r.height or figures.default_size, r.width or figures.default_size, r.num_videos * (2 if cfg else 1),
+        at_once, job.decode_chunk_size, element, output.endswith((".gif", ".webp")),
+    )  # fmt: skip
+
+
+def estimate(weights: int, figures: ModelFigures, run: RunShape, cpu: bool) -> Estimate:
+    area = (run.height // figures.vae_factor) * (run.width // figures.vae_factor)  # latent pixels
+    scale = run.element / 4  # the constants were measured in float32
+    denoise = DENOISE_BYTES * scale * run.batch * run.frames_at_once * area * figures.width
+    decode = DECODE_BYTES * scale * run.decode_chunk * run.height * run.width * figures.vae_width
+    if run.keeps_frames:
+        decode += run.frames * run.height * run.width * 3
+    return Estimate(weights, int(denoise), int(decode), RUNTIME_BYTES if cpu else 0)
+
+
+def free_bytes(device) -> int:
+    """Memory the device has free now: the CUDA driver's figure, else the OS's available memory."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check(est: Estimate, free: int, run: RunShape, figures: ModelFigures, already_loaded: int = 0) -> None:
+    """Refuse a run whose estimate exceeds `free` (plus what is loaded already), naming what would fit."""
+    if est.total - already_loaded <= free:
+        return
+    fits = []
+    for flag, changed in (
+        ("--decode-chunk-size 1", RunShape(**{**run.__dict__, "decode_chunk": 1})),
+        ("--context-length 16", RunShape(**{**run.__dict__, "frames_at_once": min(run.frames_at_once, 16)})),
+        ("--dtype bfloat16", RunShape(**{**run.__dict__, "element": 2})),
+    ):
+        if changed != run:
+            scale = changed.element / run.element
+            if estimate(int(est.weights * scale), figures, changed, est.runtime > 0).total - already_loaded <= free:
+                fits.append(flag)
+    frames = run.frames
+    while frames > 1:
+        frames //= 2
+        fewer = RunShape(**{**run.__dict__, "frames": frames, "frames_at_once": min(run.frames_at_once, frames)})
+        if estimate(est.weights, figures, fewer, est.runtime > 0).total - already_loaded <= free:
+            fits.append(f"--frames {frames}")
+            break
+    hint = f"would fit: {', '.join(fits)}" if fits else "lower --height/--width"
+    raise InvalidArgument(
+        "--force", f"this run needs about {est.summary()}, {free / GIB:.1f} GiB is free; {hint}; --force runs anyway"
+    )
