@@ -106,6 +106,20 @@ def test_latents_files_holding_something_else(tmp_path, capsys, content):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pt"]
 
 
+@pytest.mark.parametrize(
+    "flag, name", [("--model", "x.safetensors"), ("--motion-module", "x.safetensors"), ("--vae", "x.safetensors"),
+                   ("--lora", "x.safetensors"), ("--resume", "x.safetensors"), ("--image-seeds", "x.mp4"),
+                   ("--image-seeds", "x.png"), ("--prompt-travel", "x.json")],
+)  # fmt: skip
+def test_files_that_do_not_hold_what_they_must(tmp_path, capsys, flag, name):
+    """Garbage under each name a user may give: one line naming the option, nothing written (the
+    preflight reads weight headers first and must not choke on them either)."""
+    (tmp_path / name).write_bytes(b"\x10" * 8 + b"not what it claims to be" * 40)
+    out = tmp_path / "out.gif"
+    assert cli("generate", "a red circle", "-o", out, flag, tmp_path / name, *DEMO) == 2
+    assert flag in error_line(capsys) and not out.exists()
+
+
 def test_help_and_argument_errors_do_not_import_torch():
     """What makes `vidiff --help` and argument errors come back at once: no heavy library is imported."""
     code = (

@@ -45,7 +45,8 @@ def read_frames(path: str | Path, width: int, height: int, argument: str) -> np.
 
         return np.stack([fit(Image.fromarray(f[..., :3]), width, height) for f in iio.imiter(path)])
     except Exception as e:  # every reader's error: unreadable is unreadable
-        raise InvalidArgument(argument, f"cannot read {path} as an image or video ({e})") from e
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]  # ffmpeg's first line, not its log
+        raise InvalidArgument(argument, f"cannot read {path} as an image or video ({reason})") from e
 
 
 def take_frames(frames: np.ndarray, count: int, path: str | Path, argument: str) -> np.ndarray:

@@ -28,6 +28,7 @@ DECODE_BYTES = 10  # per (frame x pixel x VAE first-width channel), float32; mea
 RUNTIME_BYTES = GIB // 2  # Python + torch + diffusers on a CPU, measured 0.45 GiB
 ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
+MAX_HEADER = 100 * 2**20  # safetensors' own limit on its JSON header
 SD15_WIDTH, SD15_VAE_WIDTH = 320, 128  # what a single-file checkpoint is taken to be
 
 
@@ -67,15 +68,19 @@ def _tensor_elements(path: Path) -> int | None:
     try:
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
+            if size > MAX_HEADER:  # not a safetensors file (its reader says so when loading)
+                return None
             header = json.loads(f.read(size))
     except (OSError, ValueError, struct.error):
+        return None
+    if not isinstance(header, dict):
         return None
     count = 0
     for key, entry in header.items():
         if key != "__metadata__":
             n = 1
-            for d in entry["shape"]:
-                n *= d
+            for d in entry.get("shape", ()) if isinstance(entry, dict) else ():
+                n *= d if isinstance(d, int) else 1
             count += n
     return count
 
