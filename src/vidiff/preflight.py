@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidArgument
@@ -178,28 +178,26 @@ def free_bytes(device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check(est: Estimate, free: int, run: RunShape, figures: ModelFigures, already_loaded: int = 0) -> None:
-    """Refuse a run whose estimate exceeds `free` (plus what is loaded already), naming what would fit."""
-    if est.total - already_loaded <= free:
+def check(est: Estimate, free: int, run: RunShape, figures: ModelFigures, in_use: int = 0) -> None:
+    """Refuse a run whose estimate, less what the process holds already (`in_use`), exceeds `free`; the
+    message names the options that would fit."""
+
+    def fits(changed: RunShape) -> bool:
+        weights = int(est.weights * changed.element / run.element)
+        return estimate(weights, figures, changed, est.runtime > 0).total - in_use <= free
+
+    if est.total - in_use <= free:
         return
-    fits = []
-    for flag, changed in (
-        ("--decode-chunk-size 1", RunShape(**{**run.__dict__, "decode_chunk": 1})),
-        ("--context-length 16", RunShape(**{**run.__dict__, "frames_at_once": min(run.frames_at_once, 16)})),
-        ("--dtype bfloat16", RunShape(**{**run.__dict__, "element": 2})),
-    ):
-        if changed != run:
-            scale = changed.element / run.element
-            if estimate(int(est.weights * scale), figures, changed, est.runtime > 0).total - already_loaded <= free:
-                fits.append(flag)
-    frames = run.frames
-    while frames > 1:
+    options = (("--decode-chunk-size 1", replace(run, decode_chunk=1)),
+               ("--context-length 16", replace(run, frames_at_once=min(run.frames_at_once, 16))),
+               ("--dtype bfloat16", replace(run, element=min(run.element, 2))))  # fmt: skip
+    names = [flag for flag, changed in options if changed != run and fits(changed)]
+    frames = run.frames // 2
+    while frames >= 1 and not fits(replace(run, frames=frames, frames_at_once=min(run.frames_at_once, frames))):
         frames //= 2
-        fewer = RunShape(**{**run.__dict__, "frames": frames, "frames_at_once": min(run.frames_at_once, frames)})
-        if estimate(est.weights, figures, fewer, est.runtime > 0).total - already_loaded <= free:
-            fits.append(f"--frames {frames}")
-            break
-    hint = f"would fit: {', '.join(fits)}" if fits else "lower --height/--width"
+    if frames >= 1:
+        names.append(f"--frames {frames}")
+    hint = f"would fit: {', '.join(names)}" if names else "lower --height/--width"
     raise InvalidArgument(
         "--force", f"this run needs about {est.summary()}, {free / GIB:.1f} GiB is free; {hint}; --force runs anyway"
     )
