@@ -150,6 +150,9 @@ def test_eval_demo_takes_no_mode_and_uses_what_it_takes(capsys):
     assert "--mode" in error_line(capsys)
     assert cli("eval-demo", "--frame-noise", "-1") == 2
     assert "--frame-noise" in error_line(capsys)
+    # --frame-batch reaches the sequential pipeline (it was dropped before): 0 is refused there.
+    assert cli("eval-demo", "--modes", "sequential", "--frame-batch", "0", "--limit", "1", "--seeds", "1") == 2
+    assert "--frame-batch" in error_line(capsys)
 
 
 # Resume ---------------------------------------------------------------------------------------------------
