@@ -15,10 +15,6 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from .names import FREE_INIT_METHODS
-
-METHODS = FREE_INIT_METHODS
-
 
 def low_pass(shape: tuple[int, ...], method: str, order: int, spatial: float, temporal: float, device) -> Tensor:
     """A (1, C, F, h, w) low-pass mask over centred (fftshift-ed) frequencies."""

@@ -21,9 +21,9 @@ from torch import Tensor
 
 from .atomic import atomic_file
 from .errors import InvalidArgument, LoadError
+from .names import LATENT_SUFFIXES
 from .tensor_files import read_tensors
 
-LATENT_SUFFIXES = (".pt", ".pth", ".safetensors")
 DGENERATE_KEYS = ("latents", "latent", "samples", "sample")
 FORMAT = "vidiff.latents/1"
 
@@ -55,10 +55,6 @@ class LatentsFile:
     meta: LatentsMeta = field(default_factory=LatentsMeta)
     scheduler_state: dict | None = None
     generator_state: Tensor | None = None
-
-
-def is_latents_path(path: str) -> bool:
-    return Path(path).suffix.lower() in LATENT_SUFFIXES
 
 
 def _state_to_tensors(state: dict) -> tuple[dict[str, Tensor], dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -70,5 +69,3 @@ def check_output(path: str, overwrite: bool, argument: str = "--output") -> str:
 
 def check_fps(fps: float) -> None:
     checks.number("--fps", fps, 0, MAX_FPS, above=True)
-    if math.isclose(fps, 0):
-        raise InvalidArgument("--fps", f"must be > 0, got {fps}")

@@ -11,6 +11,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
+from . import checks
 from .accel.deep_cache import DeepCacheConfig, apply_deep_cache
 from .accel.pab import PABConfig, apply_pab
 from .adapters.base import Loaded, LoadOptions, VideoDenoiser
@@ -136,12 +137,8 @@ class VideoPipeline:
         module records ("auto": released modules original, vidiff-trained ones diffusers). `loras` and
         `motion_loras` are "FILE" or "FILE:SCALE" specs, fused into the weights; `vae` replaces the VAE.
         """
-        if groupnorm not in GROUPNORM_MODES:
-            raise InvalidArgument(
-                "--groupnorm", f"unknown mode {groupnorm!r} (choose from {', '.join(GROUPNORM_MODES)})"
-            )
-        if mode not in MODES:
-            raise InvalidArgument("--mode", f"unknown mode {mode!r} (choose from {', '.join(MODES)})")
+        checks.choice("--groupnorm", groupnorm, GROUPNORM_MODES, "mode")
+        checks.choice("--mode", mode, MODES, "mode")
         if frame_batch is not None and frame_batch < 1:
             raise InvalidArgument("--frame-batch", f"must be >= 1, got {frame_batch}")
         torch_device = resolve_device(device)

@@ -17,10 +17,19 @@ from . import preflight
 from .errors import InvalidArgument, RenderInterrupted, WriteFailed
 from .export import FrameWriter
 from .image_seeds import parse_image_seed
-from .job import RenderJob, RenderResult, check_resume, default_output, resume_path, validate_decode
-from .latents_io import is_latents_path, load_latents, save_latents
+from .job import (
+    RESUME_MAY_CHANGE,
+    RenderJob,
+    RenderResult,
+    check_resume,
+    default_output,
+    resume_path,
+    validate_decode,
+)
+from .latents_io import load_latents, save_latents
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
 from .memory import PeakMemory, current_bytes, process_peak, weight_bytes
+from .names import is_latents_path
 from .outputs import check_output
 from .pipeline import VideoPipeline
 from .presets import apply_preset
@@ -34,9 +43,9 @@ def load_resume(path: str, override: RenderJob | None = None) -> tuple[RenderJob
     job = RenderJob.from_dict(item.meta.job)
     if override is not None:
         check_resume(override, job)
-        given = {k: getattr(override, k) for k in ("fps", "decode_chunk_size", "checkpoint_every")
-                 if getattr(override, k) != getattr(RenderJob, k)}  # fmt: skip
-        job = replace(job, output=override.output or job.output, overwrite=override.overwrite, **given)
+        given = {k: getattr(override, k) for k in RESUME_MAY_CHANGE if k not in ("request", "resume", "overwrite")
+                 and getattr(override, k) != getattr(RenderJob, k)}  # fmt: skip
+        job = replace(job, overwrite=override.overwrite, **given)
     return replace(job, resume=path), item
 
 

@@ -15,8 +15,9 @@ from PIL import Image
 
 from .codec import LatentCodec
 from .image_seeds import ARG, ImageSeed, parse_image_seed
-from .latents_io import LatentsFile, check_latents, is_latents_path, load_latents
+from .latents_io import LatentsFile, check_latents, load_latents
 from .media import fit, read_frames, take_frames
+from .names import is_latents_path
 from .request import GenerationRequest
 
 

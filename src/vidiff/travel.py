@@ -14,12 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import InvalidArgument
-from .names import TRAVEL_INTERPOLATIONS
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-INTERPOLATIONS = TRAVEL_INTERPOLATIONS
 
 
 def parse_travel(spec: str, argument: str = "--prompt-travel") -> dict[int, str]:

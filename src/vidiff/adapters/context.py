@@ -30,11 +30,11 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
+from .. import checks
 from ..errors import InvalidArgument
 from ..names import CONTEXT_FUSES, CONTEXT_SCHEDULES, CONTEXT_SCOPES, NOISE_TYPES
 from .base import Conditioning, VideoDenoiser
 
-SCHEDULES, FUSES, SCOPES, NOISES = CONTEXT_SCHEDULES, CONTEXT_FUSES, CONTEXT_SCOPES, NOISE_TYPES
 DEFAULT_LENGTH = 16  # what the released motion modules were trained on
 
 
@@ -59,11 +59,10 @@ class ContextOptions:
             raise InvalidArgument("--context-overlap", f"must be in [0, {self.length}), got {self.overlap}")
         if self.stride is not None and not 1 <= self.stride <= self.length:
             raise InvalidArgument("--context-stride", f"must be in [1, {self.length}], got {self.stride}")
-        checks = (("--context-schedule", self.schedule, SCHEDULES), ("--context-fuse", self.fuse, FUSES),
-                  ("--noise-type", self.noise, NOISES), ("--context-scope", self.scope, SCOPES))  # fmt: skip
-        for flag, value, allowed in checks:
-            if value not in allowed:
-                raise InvalidArgument(flag, f"unknown {value!r} (choose from {', '.join(allowed)})")
+        checks.choice("--context-schedule", self.schedule, CONTEXT_SCHEDULES)
+        checks.choice("--context-fuse", self.fuse, CONTEXT_FUSES)
+        checks.choice("--noise-type", self.noise, NOISE_TYPES)
+        checks.choice("--context-scope", self.scope, CONTEXT_SCOPES)
 
 
 def windows(frames: int, length: int, stride: int, schedule: str = "uniform") -> list[list[int]]:
@@ -134,7 +133,7 @@ class ContextWindowDenoiser(VideoDenoiser):
     def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator, device, dtype) -> Tensor:
         noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)  # (B, C, F, h, w)
         frames, length, stride = shape[2], self.options.length, self.options.step
-        kind = NOISES[self.options.noise]
+        kind = NOISE_TYPES[self.options.noise]
         if kind == "repeat":
             return noise[:, :, torch.arange(frames) % length]
         if kind == "shuffle":

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..names import GROUPNORM_MODES
-
-MODES = GROUPNORM_MODES
 MOTION_GROUPS = 32  # the original TemporalTransformer3DModel's norm_num_groups
 CONFIG_KEY = "vidiff_groupnorm"  # in a MotionAdapter folder's config.json: the mode it was trained with
 HOOK = "_vidiff_frames_hook"
