@@ -262,3 +262,95 @@ def test_keyframe_share_picks_first_frames():
     assert torch.equal(first[:, 0, 0, 0], videos[:, 0, 0, 0, 0])
     picks = [pick_frames(videos, [""] * 6, np.random.default_rng(s), 0.0)[0][:, 0, 0, 0] for s in range(20)]
     assert any(not torch.equal(p, videos[:, 0, 0, 0, 0]) for p in picks)  # share 0: any frame
+
+
+def test_zero_snr_trains_on_the_rescaled_schedule_and_writes_it(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns(".train-*"))
+    cfg = TrainConfig(stage="motion", model=folder, steps=1, batch_size=1, frames=8, warmup=1, zero_snr=True)
+    stage = make_stage(cfg)
+    assert stage.diff.noise.alphas_cumprod[-1].item() == 0  # x_T is pure noise: nothing of the clip leaks
+    train(cfg, progress=False, stage=stage)
+    written = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert written["rescale_betas_zero_snr"] is True and written["timestep_spacing"] == "trailing"
+    assert written["_class_name"] == "DDIMScheduler"  # the folder's sampler, its schedule switched
+    again = make_stage(replace(cfg, zero_snr=False))  # later runs train on the folder's schedule as written
+    assert again.diff.noise.alphas_cumprod[-1].item() == 0
+
+
+def test_probe_reports_direction_and_colour_gaps_at_the_top_of_the_schedule(trained, tmp_path):
+    from vidiff.train.trainer import PROBE_LEVELS, probe
+
+    plain = probe(make_stage(TrainConfig(stage="motion", model=trained, frames=8)), clips=4)
+    assert list(plain) == list(PROBE_LEVELS) == ["t=999", "t=950", "t=900", "pure noise", "t>=600"]
+    for row in plain.values():
+        assert set(row) == {"loss", "direction", "colour"} and all(np.isfinite(v) for v in row.values())
+        assert row["colour"] != 0 and row["direction"] != 0  # the words reach the model
+    assert plain["t=999"]["loss"] != plain["pure noise"]["loss"]  # the leak: x_999 still holds the clip
+    zero = probe(make_stage(TrainConfig(stage="motion", model=trained, frames=8, zero_snr=True)), clips=4)
+    for key, value in zero["t=999"].items():  # at zero terminal SNR, x_999 is pure noise (float sums: 1e-6)
+        assert value == pytest.approx(zero["pure noise"][key], abs=1e-6)
+    again = probe(make_stage(TrainConfig(stage="motion", model=trained, frames=8)), clips=4)  # seeded
+    assert all(again[level][k] == pytest.approx(v, abs=1e-6) for level, row in plain.items() for k, v in row.items())
+
+
+def test_noise_range_draws_only_inside_it(trained):
+    from vidiff.train.trainer import Levels
+
+    stage = make_stage(TrainConfig(stage="motion", model=trained, frames=8, min_noise=0.5, max_noise=0.7))
+    assert stage.levels == Levels(0.5, 0.7)
+    _, t, _ = stage.diff.noised(torch.zeros(256, 4, 1, 2, 2), torch.Generator().manual_seed(0), stage.levels)
+    assert t.min() >= 500 and t.max() < 700 and t.max() > 680
+    with pytest.raises(InvalidArgument, match="--max-noise: must be above --min-noise"):
+        make_stage(TrainConfig(stage="motion", model=trained, min_noise=0.5, max_noise=0.5))
+
+
+def test_resume_with_other_settings_is_refused(trained, tmp_path):
+    """The checkpoint records the run's settings: a resume that contradicts one is refused naming it, the
+    checkpoint untouched; one that agrees (or changes only where the weights go) continues."""
+    from helpers import cli
+
+    cfg = TrainConfig(stage="motion", model=trained, steps=4, batch_size=1, frames=8, out=tmp_path / "a", warmup=1,
+                      checkpoint_every=2, lr=1e-3)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False, on_step=lambda step, loss: (_ for _ in ()).throw(KeyboardInterrupt) if step == 2
+              else None)  # fmt: skip
+    saved = torch.load(cfg.checkpoint, weights_only=True)
+    assert saved["step"] == 2 and saved["config"]["lr"] == 1e-3 and saved["config"]["trainable"] == ["motion_modules."]
+    changes = ((dict(lr=2e-3), "--lr"), (dict(batch_size=2), "--batch-size"), (dict(steps=8), "--steps"),
+               (dict(zero_snr=True), "--zero-snr"), (dict(trainable=("attn2.",)), "--trainable"))  # fmt: skip
+    for change, flag in changes:
+        with pytest.raises(InvalidArgument, match=f"^{flag}: .* was trained with"):
+            train(replace(cfg, **change), progress=False)
+    assert torch.load(cfg.checkpoint, weights_only=True)["step"] == 2
+    base = ["train", "motion", "--model", trained, "--out", tmp_path / "a", "--steps", 4, "--batch-size", 1]
+    assert cli(*base, "--frames", 8, "--warmup", 1, "--checkpoint-every", 2, "--lr", 2e-3) == 2
+    assert len(train(replace(cfg, checkpoint_every=1, save_dtype="float16"), progress=False)) == 4
+
+
+def test_cli_takes_the_recipe_options(trained, capsys):
+    from helpers import cli
+
+    code = cli("train", "motion", "--model", trained, "--warmup", 7, "--min-noise", 0.2, "--max-noise", 0.9,
+               "--zero-snr", "--fresh-text-encoder", "--dry-run")  # fmt: skip
+    out = capsys.readouterr().out
+    assert code in (0, None)
+    for text in ("warmup=7", "min_noise=0.2", "max_noise=0.9", "zero_snr=True", "fresh_text_encoder=True"):
+        assert text in out
+    assert cli("train", "image", "--model", trained, "--probe", 4, "--dry-run") == 2
+
+
+def test_fresh_text_encoder_restarts_from_random_weights_and_is_exported(trained, tmp_path):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained, folder, ignore=shutil.ignore_patterns(".train-*"))
+    before = load_file(folder / "text_encoder" / "model.safetensors")
+    run("motion", folder, 1, batch_size=1, frames=8, fresh_text_encoder=True)
+    after = load_file(folder / "text_encoder" / "model.safetensors")
+    assert set(before) == set(after)
+    assert all(before[k].shape == after[k].shape for k in before)
+    tokens = next(k for k in before if k.endswith("token_embedding.weight"))
+    assert not torch.equal(before[tokens], after[tokens])

@@ -163,19 +163,19 @@ def train_stage(args: argparse.Namespace) -> None:
         print(cfg)
         return
     _quiet_libraries()
-    from .train.trainer import direction_probe, make_stage, train
+    from .train.trainer import make_stage, probe, train
 
     start = time.perf_counter()
     stage = make_stage(cfg)
-    losses = train(cfg, stage=stage)
-    print(
-        f"{args.stage}: {len(losses)} steps, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, "
-        f"{time.perf_counter() - start:.0f} s this run"
-    )
-    if args.probe:
-        true, swapped = direction_probe(stage, args.probe)
-        print(f"direction probe ({args.probe} clips, t >= 600): loss {true:.4f} true word, {swapped:.4f} swapped, "
-              f"gap {(swapped - true) / true:+.1%}")  # fmt: skip
+    if cfg.steps:
+        losses = train(cfg, stage=stage)
+        print(f"{args.stage}: {len(losses)} steps, final loss {sum(losses[-50:]) / len(losses[-50:]):.4f}, "
+              f"{time.perf_counter() - start:.0f} s this run")  # fmt: skip
+    if cfg.probe:
+        print(f"word probe ({cfg.probe} clips): loss with the true caption, and its change with a word swapped")
+        print(f"{'noise level':<12} {'loss':>7} {'direction':>10} {'colour':>8}")
+        for level, row in probe(stage, cfg.probe).items():
+            print(f"{level:<12} {row['loss']:7.4f} {row['direction']:+10.2%} {row['colour']:+8.2%}")
 
 
 def eval_demo(args: argparse.Namespace) -> None:

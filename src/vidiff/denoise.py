@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -48,6 +49,17 @@ def step_kwargs(scheduler: SchedulerMixin, generator: torch.Generator | None, et
     return kwargs
 
 
+def rescale_guidance(guided: Tensor, cond: Tensor, phi: float, per_frame: bool) -> Tensor:
+    """diffusers' `rescale_noise_cfg` on (B, C, F, h, w): statistics over each video, as its AnimateDiff-SDXL
+    pipeline takes them, or over each frame where frames are separate samples (as its image pipelines do)."""
+    if not per_frame:
+        return rescale_noise_cfg(guided, cond, phi)  # (B, C, F, h, w)
+    b = guided.shape[0]
+    frames = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731  (B*F, C, h, w)
+    out = rescale_noise_cfg(frames(guided), frames(cond), phi)  # (B*F, C, h, w)
+    return out.unflatten(0, (b, -1)).transpose(1, 2)  # (B, C, F, h, w)
+
+
 def denoise(
     denoiser: VideoDenoiser,
     scheduler: SchedulerMixin,
@@ -56,6 +68,7 @@ def denoise(
     cond: Conditioning,
     uncond: Conditioning | None = None,
     guidance_scale: float = 1.0,
+    guidance_rescale: float = 0.0,
     extra_step_kwargs: dict | None = None,
     progress: bool = True,
     callback: StepCallback | None = None,
@@ -64,7 +77,8 @@ def denoise(
     inpaint: Inpaint | None = None,
     caches: Sequence[Cache] = (),
 ) -> Tensor:
-    """Walk timesteps[begin:stop], stepping latents (B, C, F, h, w); with `uncond`, one batched CFG pass per step."""
+    """Walk timesteps[begin:stop], stepping latents (B, C, F, h, w); with `uncond`, one batched CFG pass per step
+    (`guidance_rescale`: diffusers' std rescaling of the guided prediction, over each video's C, F, h, w)."""
     both = Conditioning.cat([uncond, cond]) if uncond is not None else cond  # (2B, ...) or (B, ...)
     stop = len(timesteps) if stop is None else stop
     for cache in caches:
@@ -79,6 +93,8 @@ def denoise(
         if uncond is not None:
             out_uncond, out_cond = out.chunk(2)  # (B, C, F, h, w) each
             out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            if guidance_rescale > 0:
+                out = rescale_guidance(out, out_cond, guidance_rescale, denoiser.frames_independent)
         latents = scheduler.step(out, t, latents, **(extra_step_kwargs or {})).prev_sample  # (B, C, F, h, w)
         if inpaint is not None:
             keep = inpaint.source

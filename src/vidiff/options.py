@@ -64,10 +64,13 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--width", type=int, help="pixels, a multiple of 8 (default: the model's)")
     gen.add_argument("--steps", type=int, help="default: 25, or the preset's")
     gen.add_argument("--guidance-scale", type=float, help="default: 7.5, or the preset's")
+    gen.add_argument("--guidance-rescale", type=float, help="rescale CFG toward the conditional prediction's std (0-1)")
     gen.add_argument(
         "--preset", choices=PRESET_NAMES, help="few-step modules: lightning (AnimateDiff-Lightning), animatelcm"
     )
-    gen.add_argument("--timestep-spacing", help="override the scheduler's: leading, trailing, linspace")
+    gen.add_argument(
+        "--timestep-spacing", help="leading, trailing, linspace (default: the model's; zero-SNR: trailing)"
+    )
     gen.add_argument("--seed", type=int, help="default: random, printed at the end")
     gen.add_argument(
         "--scheduler", help="ddim (SD 1.x), euler, euler-a, dpm++2m, pndm, lms, ddpm, lcm; flow-euler (SD 3)"
@@ -135,8 +138,15 @@ def add_train_arguments(tr: argparse.ArgumentParser) -> None:
                     help="motion stage: parameters whose names contain one of these train ('.' = all)")  # fmt: skip
     tr.add_argument("--lora-rank", type=int, default=0, help="motion stage: a LoRA of this rank on spatial attention")
     tr.add_argument("--lora-out", help="where that LoRA is written (default MODEL/spatial_lora.safetensors)")
-    tr.add_argument("--min-noise", type=float, default=0.0, help="motion stage: train on noise levels from here up")
-    tr.add_argument("--probe", type=int, default=0, metavar="CLIPS", help="motion stage: then the direction-word probe")
+    tr.add_argument("--warmup", type=int, default=100, help="steps of linear lr warm-up (then cosine to a tenth)")
+    tr.add_argument("--min-noise", type=float, default=0.0, help="train on noise levels from this schedule fraction")
+    tr.add_argument("--max-noise", type=float, default=1.0, help="... up to this one")
+    tr.add_argument("--zero-snr", action="store_true", help="rescale the folder's schedule to zero terminal SNR "
+                    "(trailing spacing), train on it and write it to the folder")  # fmt: skip
+    tr.add_argument("--fresh-text-encoder", action="store_true", help="restart the text encoder from random weights "
+                    "(frozen unless --trainable names it: words stay apart, as in a pretrained CLIP)")  # fmt: skip
+    tr.add_argument("--probe", type=int, default=0, metavar="CLIPS",
+                    help="motion stage: then the word probe on this many demo clips (--steps 0: only it)")  # fmt: skip
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:

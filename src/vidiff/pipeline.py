@@ -166,6 +166,7 @@ class VideoPipeline:
         trained = self.scheduler_config.get("num_train_timesteps", 1000)
         if request.steps > trained:
             raise InvalidArgument("--steps", f"{request.steps} steps exceed this model's {trained}-step schedule")
+        make_scheduler(request.scheduler, self.scheduler_config, request.beta_schedule, request.timestep_spacing)
         self.denoiser_for(request).check_frames(self.codec.latent_frames(request.frames))
         return request
 
@@ -272,6 +273,7 @@ class VideoPipeline:
                     cond,
                     uncond,
                     request.guidance_scale,
+                    request.guidance_rescale,
                     step_kwargs(scheduler, generator, request.eta),
                     progress=progress,
                     callback=callback if i == passes - 1 else None,

@@ -46,10 +46,11 @@ class GenerationRequest:
     width: int | None = None
     steps: int | None = None  # None: DEFAULT_STEPS, or the preset's
     guidance_scale: float | None = None  # None: DEFAULT_GUIDANCE, or the preset's; CFG is on when > 1
+    guidance_rescale: float = 0.0  # diffusers' guidance_rescale (Lin et al.): 0 off, 0.7 for zero-SNR models
     seed: int | None = None  # None: a fresh random seed, recorded in the resolved request
     scheduler: str | None = None  # None: the backbone's default (ddim for SD 1.x, flow-euler for SD 3)
     beta_schedule: str | None = None  # None: the model folder's own
-    timestep_spacing: str | None = None  # None: the model folder's own ("trailing" for few-step modules)
+    timestep_spacing: str | None = None  # None: the folder's own; "trailing" for zero-SNR schedules
     eta: float = 0.0  # DDIM's eta; ignored by other schedulers
     num_videos: int = 1
     denoising_start: float | None = None  # fraction of the schedule already done by the input latents
@@ -100,6 +101,7 @@ class GenerationRequest:
                 raise InvalidArgument(flag, f"must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
         if self.guidance_scale is not None:
             c.number("--guidance-scale", self.guidance_scale, 0)
+        c.number("--guidance-rescale", self.guidance_rescale, 0, 1)
         c.number("--eta", self.eta, 0, 1)
         if self.seed is not None:
             c.integer("--seed", self.seed, 0, 2**63 - 1)

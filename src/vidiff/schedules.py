@@ -5,6 +5,7 @@ Building from the model folder's own scheduler config means vidiff and diffusers
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import diffusers
@@ -45,9 +46,17 @@ def make_scheduler(
     name: str, config: dict[str, Any], beta_schedule: str | None = None, timestep_spacing: str | None = None
 ) -> SchedulerMixin:
     """Build scheduler `name` from a model folder's scheduler config, optionally overriding its beta schedule
-    and its timestep spacing."""
+    and its timestep spacing. A zero-terminal-SNR schedule (`rescale_betas_zero_snr`) is kept, and sampled with
+    trailing spacing unless told otherwise (Lin et al. 2024: start from the last timestep, where x_T is pure
+    noise); a scheduler class that cannot rescale its betas is refused."""
     cls = scheduler_class(name)
     overrides: dict[str, Any] = {}
+    if config.get("rescale_betas_zero_snr"):
+        if not zero_snr_capable(cls):
+            able = ", ".join(n for n in DIFFUSION_SCHEDULERS if zero_snr_capable(SCHEDULERS[n]))
+            raise InvalidArgument("--scheduler", f"{name} cannot keep this model's zero-terminal-SNR schedule "
+                                  f"(rescale_betas_zero_snr); use one of {able}")  # fmt: skip
+        overrides["timestep_spacing"] = "trailing"
     if timestep_spacing is not None:
         overrides["timestep_spacing"] = timestep_spacing
     if beta_schedule is not None:
@@ -58,6 +67,10 @@ def make_scheduler(
             )
         overrides["beta_schedule"] = beta_schedule
     return cls.from_config(config, **overrides)
+
+
+def zero_snr_capable(cls: type[SchedulerMixin]) -> bool:
+    return "rescale_betas_zero_snr" in inspect.signature(cls.__init__).parameters
 
 
 def scheduler_name(scheduler: SchedulerMixin) -> str:

@@ -79,6 +79,7 @@ class VideoDenoiser(ABC):
 
     latent_channels: int
     max_frames: int | None  # the frame positional table's length; None when unbounded
+    frames_independent = False  # each frame its own sample (frame by frame): guidance statistics per frame
 
     @property
     @abstractmethod

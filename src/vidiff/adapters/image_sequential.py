@@ -19,6 +19,7 @@ class ImageSequentialDenoiser(VideoDenoiser):
     """Wraps a frame-independent denoiser (an image UNet or DiT over frames)."""
 
     max_frames = None
+    frames_independent = True
 
     def __init__(self, image: VideoDenoiser, frame_noise: float = DEFAULT_FRAME_NOISE, frame_batch: int | None = None):
         self.image = image

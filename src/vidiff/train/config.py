@@ -37,7 +37,11 @@ class TrainConfig:
     trainable: tuple[str, ...] = ("motion_modules.",)  # motion stage: names containing one of these train
     lora_rank: int = 0  # motion stage: > 0 adds a LoRA of this rank on the spatial attention
     lora_out: Path | None = None  # where that LoRA goes (default MODEL/spatial_lora.safetensors)
-    min_noise: float = 0.0  # motion stage: noise levels drawn from this fraction of the schedule up
+    min_noise: float = 0.0  # noise levels drawn from this fraction of the schedule ...
+    max_noise: float = 1.0  # ... up to this one
+    zero_snr: bool = False  # train on (and write) the folder's schedule rescaled to zero terminal SNR
+    fresh_text_encoder: bool = False  # image and motion stages: the text encoder restarts from random weights
+    probe: int = 0  # then measure on this many demo clips whether the model reads its words (0: no probe)
     losses: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -58,7 +62,10 @@ class TrainConfig:
                 raise InvalidArgument("--out", f"must be a path, got {self.out!r}")
             writable_folder("--out", self.out if self.out.is_dir() else self.out.parent)
         c.text("--data", self.data, empty=False)
-        for flag, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--frames", self.frames),
+        c.integer("--steps", self.steps, 0 if self.probe else 1)  # 0 steps: only the probe
+        if c.integer("--probe", self.probe, 0) and self.stage != "motion":
+            raise InvalidArgument("--probe", "measures the motion stage (clips), not the " + self.stage + " stage")
+        for flag, value in (("--batch-size", self.batch_size), ("--frames", self.frames),
                             ("--checkpoint-every", self.checkpoint_every)):  # fmt: skip
             c.integer(flag, value, 1)
         if c.integer("--size", self.size, 8) % 8:
@@ -78,6 +85,11 @@ class TrainConfig:
         c.number("--min-noise", self.min_noise, 0, 1)
         if self.min_noise == 1:
             raise InvalidArgument("--min-noise", "must be in [0, 1), got 1.0 (no noise level is left above it)")
+        if c.number("--max-noise", self.max_noise, 0, 1, above=True) <= self.min_noise:
+            raise InvalidArgument("--max-noise", f"must be above --min-noise ({self.min_noise}), got {self.max_noise}")
+        for flag, value in (("--zero-snr", self.zero_snr), ("--fresh-text-encoder", self.fresh_text_encoder)):
+            if not isinstance(value, bool):
+                raise InvalidArgument(flag, f"must be true or false, got {value!r}")
         c.integer("--lora-rank", self.lora_rank, 0)
         if self.lora_out is not None:
             writable_folder("--lora-out", Path(self.lora_out).parent)

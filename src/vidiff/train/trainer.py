@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,14 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ..adapters.base import Conditioning
 from ..adapters.sd3_temporal import SD3Denoiser
 from ..adapters.unet_motion import UNetFramesDenoiser, UNetMotionDenoiser, merge_motion_unet
 from ..atomic import atomic_file, atomic_folder
 from ..demo import model as demo
+from ..demo.data import COLORS
 from ..errors import InvalidArgument
 from ..layout import MOTION_ADAPTER, write_model_index
 from ..loading import DTYPES
@@ -53,6 +55,26 @@ DEFAULT_LR = {"vae": 1e-3, "image": 5e-4, "motion": 5e-4}
 KL_WEIGHT = 1e-5
 FP32 = torch.float32  # training runs in float32 whatever dtype the weights were exported in
 DEMO_TOKENIZER = Path(__file__).resolve().parent.parent / "demo" / "tiny-t2v" / "tokenizer"
+
+
+@dataclass(frozen=True)
+class Levels:
+    """Noise levels as fractions of the schedule, drawn uniformly in [low, high] (one level when equal); `pure`
+    feeds pure noise as the input while the target stays the clip's (what sampling sees at its first step)."""
+
+    low: float = 0.0
+    high: float = 1.0
+    pure: bool = False
+
+    def timesteps(self, n: int, train_steps: int, gen: torch.Generator) -> Tensor:
+        """Diffusion timesteps (n,) in [low * T, high * T), at least one, at most T - 1."""
+        lo = min(round(self.low * train_steps), train_steps - 1)
+        hi = max(lo + 1, min(train_steps, round(self.high * train_steps)))
+        return torch.randint(lo, hi, (n,), generator=gen)
+
+    def sigmas(self, n: int, gen: torch.Generator) -> Tensor:
+        """Flow-matching noise levels (n,) in [low, high)."""
+        return self.low + (self.high - self.low) * torch.rand(n, generator=gen)
 
 
 class Stage:
@@ -102,6 +124,10 @@ class Stage:
             if name.startswith("text_encoder"):
                 module.requires_grad_(False)
 
+    @property
+    def levels(self) -> Levels:
+        return Levels(self.cfg.min_noise, self.cfg.max_noise)
+
     def loss(self, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
         raise NotImplementedError
 
@@ -113,6 +139,26 @@ SKELETONS = {  # a new demo folder per backbone: (tokenizer folders, scheduler, 
     "sd1": (("tokenizer",), demo.demo_scheduler, "StableDiffusionPipeline"),
     "sd3": (("tokenizer", "tokenizer_2"), demo.demo_sd3_scheduler, "StableDiffusion3Pipeline"),
 }
+
+
+ZERO_SNR = {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}  # Lin et al. 2024
+
+
+def training_schedule(cfg: TrainConfig) -> dict:
+    """The model folder's noise schedule; `cfg.zero_snr` rescales it to zero terminal SNR (and trailing spacing
+    for sampling), so the last timestep is pure noise and no signal leaks into what the model learns from."""
+    config = dict(DDPMScheduler.load_config(cfg.model / "scheduler"))
+    return config | ZERO_SNR if cfg.zero_snr else config
+
+
+def _save_schedule(cfg: TrainConfig) -> None:
+    """With `cfg.zero_snr`, the model folder's scheduler says so: sampling then uses the schedule it trained on."""
+    if cfg.zero_snr:
+        import diffusers
+
+        config = training_schedule(cfg)
+        with atomic_folder(cfg.model / "scheduler") as tmp:
+            getattr(diffusers, config["_class_name"]).from_config(config).save_pretrained(tmp)
 
 
 def warmup_cosine(step: int, steps: int, warmup: int) -> float:
@@ -139,6 +185,17 @@ def _save(module: nn.Module, folder: Path, dtype: torch.dtype) -> None:
     with atomic_folder(folder) as tmp:
         module.to(dtype).save_pretrained(tmp)
     module.to(torch.float32)
+
+
+def _text_encoder(cfg: TrainConfig) -> CLIPTextModel:
+    """The folder's text encoder; random weights in its architecture with `fresh_text_encoder` (or the demo's
+    when the folder has none)."""
+    folder = cfg.model / "text_encoder"
+    if not folder.is_dir():
+        return demo.demo_text_encoder()
+    if cfg.fresh_text_encoder:
+        return CLIPTextModel(CLIPTextConfig.from_pretrained(folder))
+    return CLIPTextModel.from_pretrained(folder, dtype=FP32)
 
 
 class VaeStage(Stage):
@@ -172,7 +229,7 @@ class _Diffusion:
         self.cfg = cfg
         self.vae = AutoencoderKL.from_pretrained(cfg.model / "vae", torch_dtype=FP32).eval().requires_grad_(False)
         self.tokenizer = CLIPTokenizer.from_pretrained(cfg.model / "tokenizer")
-        self.noise = DDPMScheduler.from_pretrained(cfg.model / "scheduler")
+        self.noise = DDPMScheduler.from_config(training_schedule(cfg))
 
     def encode(self, pixels: Tensor) -> Tensor:
         """Posterior means, scaled: what the scaling factor was measured on (a tiny VAE's posterior noise is
@@ -190,13 +247,13 @@ class _Diffusion:
             return_tensors="pt",
         ).input_ids  # fmt: skip
 
-    def noised(self, latents: Tensor, gen: torch.Generator, high: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
-        """(noisy latents, timesteps, regression target) for clean latents batch-first; timesteps drawn from
-        the top `1 - high` of the schedule."""
+    def noised(self, latents: Tensor, gen: torch.Generator, levels: Levels | float = 0.0) -> tuple[Tensor, ...]:
+        """(noisy latents, timesteps, regression target) for clean latents batch-first, at `levels` (a float:
+        from that fraction of the schedule up)."""
+        levels = levels if isinstance(levels, Levels) else Levels(levels)
         noise = torch.randn(latents.shape, generator=gen)
-        steps = self.noise.config.num_train_timesteps
-        t = torch.randint(int(high * steps), steps, (latents.shape[0],), generator=gen)
-        noisy = self.noise.add_noise(latents, noise, t)
+        t = levels.timesteps(latents.shape[0], self.noise.config.num_train_timesteps, gen)
+        noisy = noise if levels.pure else self.noise.add_noise(latents, noise, t)
         if self.noise.config.prediction_type == "v_prediction":
             return noisy, t, self.noise.get_velocity(latents, noise, t)
         return noisy, t, noise
@@ -206,13 +263,11 @@ class ImageStage(Stage):
     def __init__(self, cfg: TrainConfig, data) -> None:
         _ensure_skeleton(cfg.model)
         self.diff = _Diffusion(cfg)
-        unet_dir, text_dir = cfg.model / "unet", cfg.model / "text_encoder"
+        unet_dir = cfg.model / "unet"
         self.unet = (
             UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=FP32) if unet_dir.is_dir() else demo.demo_unet()
         )
-        self.text = (
-            CLIPTextModel.from_pretrained(text_dir, dtype=FP32) if text_dir.is_dir() else demo.demo_text_encoder()
-        )
+        self.text = _text_encoder(cfg)
         self.modules = {"unet": self.unet.train(), "text_encoder": self.text.train()}
         self.denoiser = UNetFramesDenoiser(self.unet)
         self.cfg, self.data = cfg, data
@@ -228,6 +283,7 @@ class ImageStage(Stage):
     def export(self, dtype):
         _save(self.unet, self.cfg.model / "unet", dtype)
         _save(self.text, self.cfg.model / "text_encoder", dtype)
+        _save_schedule(self.cfg)
 
 
 class MotionStage(Stage):
@@ -235,7 +291,7 @@ class MotionStage(Stage):
         self.diff = _Diffusion(cfg)
         self.out = cfg.out or cfg.model / "motion_adapter"
         unet2d = UNet2DConditionModel.from_pretrained(cfg.model / "unet", torch_dtype=FP32)
-        self.text = CLIPTextModel.from_pretrained(cfg.model / "text_encoder", dtype=FP32)
+        self.text = _text_encoder(cfg)
         if (self.out / "config.json").is_file():
             adapter = load_motion_adapter(self.out, torch.float32)
         else:
@@ -254,17 +310,17 @@ class MotionStage(Stage):
 
     def loss(self, rng, gen):
         videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
-        return self.clip_loss(videos, captions, gen, self.cfg.min_noise, rng=rng)
+        return self.clip_loss(videos, captions, gen, self.levels, rng=rng)
 
-    def clip_loss(self, videos: Tensor, captions: list[str], gen: torch.Generator, high=0.0, rng=None) -> Tensor:
-        """The loss on clips (B, F, 3, H, W) at noise levels from `high` up; with `rng`, captions dropped."""
+    def clip_loss(self, videos: Tensor, captions: list[str], gen: torch.Generator, levels: Levels, rng=None) -> Tensor:
+        """The loss on clips (B, F, 3, H, W) at noise `levels`; with `rng`, captions dropped."""
         captions = self.diff.drop(captions, rng) if rng is not None else captions
         b, f = videos.shape[:2]
         latents = self.diff.encode(videos.flatten(0, 1))  # (B*F, 4, h, w)
         latents = latents.unflatten(0, (b, f)).transpose(1, 2)  # (B, 4, F, h, w)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_trains):
             embeds = self.text(self.diff.tokens(captions))[0]  # (B, 77, D)
-        noisy, t, target = self.diff.noised(latents, gen, high)
+        noisy, t, target = self.diff.noised(latents, gen, levels)
         pred = self.denoiser.predict(noisy, t, Conditioning(embeds))  # (B, 4, F, h, w)
         return F.mse_loss(pred, target)
 
@@ -281,10 +337,11 @@ class MotionStage(Stage):
         if self.trained_groups().get("spatial"):  # the image UNet's own names are the merged model's others
             self.unet2d.load_state_dict({k: state[k] for k in self.unet2d.state_dict()})
             _save(self.unet2d, self.cfg.model / "unet", dtype)
-        if self.text_trains:
+        if self.text_trains or self.cfg.fresh_text_encoder:
             _save(self.text, self.cfg.model / "text_encoder", dtype)
         if self.cfg.lora_rank:
             save_training_lora(self.unet, "unet", self.cfg.lora_path, dtype)
+        _save_schedule(self.cfg)
 
 
 class _Flow:
@@ -311,11 +368,13 @@ class _Flow:
         with torch.set_grad_enabled(grad):
             return self.encoder.encode(captions, max_sequence_length=self.MAX_SEQUENCE_LENGTH)
 
-    def loss(self, denoiser: SD3Denoiser, z: Tensor, cond, frames: int, gen: torch.Generator, high=0.0) -> Tensor:
-        """z (B*F, C, h, w) clean latents, one noise level in [high, 1) per clip of `frames` frames: the flow's
+    def loss(
+        self, denoiser: SD3Denoiser, z: Tensor, cond, frames: int, gen: torch.Generator, levels=Levels()
+    ) -> Tensor:
+        """z (B*F, C, h, w) clean latents, one noise level from `levels` per clip of `frames` frames: the flow's
         velocity."""
         b, c, h, w = z.shape[0] // frames, *z.shape[1:]
-        sigma = high + (1 - high) * torch.rand(b, generator=gen)  # (B,)
+        sigma = levels.sigmas(b, gen)  # (B,)
         noise = torch.randn(z.shape, generator=gen).reshape(b, frames, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
         z = z.reshape(b, frames, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
         s = sigma[:, None, None, None, None]
@@ -392,12 +451,12 @@ class SD3MotionStage(Stage):
 
     def loss(self, rng, gen):
         videos, captions = self.data.clips(rng, self.cfg.batch_size)  # (B, F, 3, H, W)
-        return self.clip_loss(videos, captions, gen, self.cfg.min_noise, rng=rng)
+        return self.clip_loss(videos, captions, gen, self.levels, rng=rng)
 
-    def clip_loss(self, videos: Tensor, captions: list[str], gen: torch.Generator, high=0.0, rng=None) -> Tensor:
+    def clip_loss(self, videos: Tensor, captions: list[str], gen: torch.Generator, levels: Levels, rng=None) -> Tensor:
         f = videos.shape[1]
         z = self.flow.encode(videos.flatten(0, 1))  # (B*F, C, h, w)
-        return self.flow.loss(self.denoiser, z, self.flow.cond(captions, rng, grad=False), f, gen, high)
+        return self.flow.loss(self.denoiser, z, self.flow.cond(captions, rng, grad=False), f, gen, levels)
 
     def export(self, dtype):
         self.layers.to(dtype).save(self.out)
@@ -408,25 +467,44 @@ class SD3MotionStage(Stage):
             save_training_lora(self.transformer, "transformer", self.cfg.lora_path, dtype)
 
 
-SWAPPED = {"left": "right", "right": "left", "up": "down", "down": "up"}
+SWAPS = {  # word kind -> each word's replacement in a demo caption
+    "direction": {"left": "right", "right": "left", "up": "down", "down": "up"},
+    "colour": dict(zip(COLORS, (*list(COLORS)[1:], next(iter(COLORS))), strict=True)),
+}
+PROBE_LEVELS = {  # where sampling decides the motion, and the middle of the schedule for comparison
+    "t=999": Levels(0.999, 0.999),
+    "t=950": Levels(0.95, 0.95),
+    "t=900": Levels(0.9, 0.9),
+    "pure noise": Levels(1.0, 1.0, pure=True),
+    "t>=600": Levels(0.6, 1.0),
+}
 
 
 @torch.no_grad()
-def direction_probe(stage: Stage, clips: int = 32, high: float = 0.6, seed: int = 0) -> tuple[float, float]:
-    """Mean motion-stage loss on `clips` demo clips with the true caption and with its direction word
-    swapped, on the same clips, noise and noise levels (from `high` of the schedule up): a model that reads
-    the direction has a lower loss with the true word."""
-    losses = []
-    for swap in (False, True):
-        rng, out = np.random.default_rng([seed, 7]), []
-        for _ in range(clips // 4):
-            videos, captions = stage.data.clips(rng, 4)  # (4, F, 3, H, W)
-            if swap:
-                captions = [" ".join(SWAPPED.get(w, w) for w in c.split()) for c in captions]
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + len(out))
-            out.append(stage.clip_loss(videos, captions, gen, high).item())
-        losses.append(float(np.mean(out)))
-    return losses[0], losses[1]
+def probe(stage: Stage, clips: int = 32, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Does the model read its caption's words? Per noise level: the loss on `clips` demo clips with the true
+    caption, and its relative change when the direction (or colour) word is swapped, on the same clips, noise
+    and timesteps. A model that reads a word has a lower loss with the true one (a positive gap)."""
+    for module in stage.modules.values():
+        module.eval()
+    table = {}
+    for name, levels in PROBE_LEVELS.items():
+        losses = {
+            kind: _probe_loss(stage, clips, seed, levels, swap) for kind, swap in [("true", {})] + [*SWAPS.items()]
+        }
+        true = losses.pop("true")
+        table[name] = {"loss": true} | {kind: (loss - true) / true for kind, loss in losses.items()}
+    return table
+
+
+def _probe_loss(stage: Stage, clips: int, seed: int, levels: Levels, swap: dict[str, str]) -> float:
+    rng, out = np.random.default_rng([seed, 7]), []
+    for i in range(max(clips // 4, 1)):
+        videos, captions = stage.data.clips(rng, 4)  # (4, F, 3, H, W)
+        captions = [" ".join(swap.get(w, w) for w in c.split()) for c in captions]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        out.append(stage.clip_loss(videos, captions, gen, levels).item())
+    return float(np.mean(out))
 
 
 STAGE_CLASSES = {
@@ -435,9 +513,39 @@ STAGE_CLASSES = {
 }
 
 
-def _save_checkpoint(path: Path, stage: Stage, opt: torch.optim.Optimizer, step: int, losses: list[float]) -> None:
+RESUMABLE = ("model", "out", "checkpoint_every", "save_dtype", "restart", "lora_out", "probe", "losses")  # may change
+
+
+def run_config(cfg: TrainConfig) -> dict:
+    """What defines a training run (a resume must agree with it), as JSON values; the lr resolved."""
+    values = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in RESUMABLE}
+    values["lr"] = cfg.lr or DEFAULT_LR[cfg.stage]
+    return {k: list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
+def _resume(cfg: TrainConfig, stage: Stage, opt: torch.optim.Optimizer) -> tuple[int, list[float]]:
+    """(step, losses) from the stage's checkpoint, weights and optimizer restored; (0, []) without one. A run
+    whose settings contradict the checkpoint's is refused, naming the option."""
+    if not cfg.checkpoint.is_file() or cfg.restart:
+        return 0, []
+    state = torch.load(cfg.checkpoint, weights_only=True)
+    for name, value in state.get("config", {}).items():  # older checkpoints recorded none
+        now = run_config(cfg).get(name)
+        if now != value:
+            raise InvalidArgument(f"--{name.replace('_', '-')}", f"{cfg.checkpoint} was trained with {value!r}, "
+                                  f"not {now!r}: give the same value, or --restart")  # fmt: skip
+    for name, module in stage.modules.items():
+        module.load_state_dict(state["modules"][name])
+    opt.load_state_dict(state["optimizer"])
+    return state["step"], state["losses"]
+
+
+def _save_checkpoint(
+    cfg: TrainConfig, stage: Stage, opt: torch.optim.Optimizer, step: int, losses: list[float]
+) -> None:
+    path = cfg.checkpoint
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "losses": losses, "optimizer": opt.state_dict()}
+    state = {"step": step, "losses": losses, "optimizer": opt.state_dict(), "config": run_config(cfg)}
     state["modules"] = {name: m.state_dict() for name, m in stage.modules.items()}
     with atomic_file(path) as tmp:  # an interruption leaves the previous checkpoint intact
         torch.save(state, tmp)
@@ -452,6 +560,8 @@ def make_stage(cfg: TrainConfig) -> Stage:
         raise InvalidArgument("--model", f"{cfg.model} has no vae/: train the vae stage first")
     new = not (cfg.model / "model_index.json").is_file()
     cfg.family = (cfg.family or "sd1") if new else detect(cfg.model).name
+    if cfg.zero_snr and cfg.family == "sd3":
+        raise InvalidArgument("--zero-snr", "SD 3's flow matching already ends at pure noise (no signal leaks)")
     stage = STAGE_CLASSES[cfg.family][cfg.stage](cfg, data)
     if cfg.text_lr_scale == 0:
         stage.freeze_text()
@@ -473,13 +583,7 @@ def train(
         tqdm.write(f"{cfg.stage}: training {sum(p.numel() for p in params) / 1e6:.2f} M parameters ({groups})")
     lr = cfg.lr or DEFAULT_LR[cfg.stage]
     opt = torch.optim.AdamW(stage.param_groups(cfg), lr=lr, weight_decay=0.0)
-    start, losses = 0, []
-    if cfg.checkpoint.is_file() and not cfg.restart:
-        state = torch.load(cfg.checkpoint, weights_only=True)
-        for name, module in stage.modules.items():
-            module.load_state_dict(state["modules"][name])
-        opt.load_state_dict(state["optimizer"])
-        start, losses = state["step"], state["losses"]
+    start, losses = _resume(cfg, stage, opt)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.stage, disable=not progress)
     for step in bar:
         for group in opt.param_groups:
@@ -494,7 +598,7 @@ def train(
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            _save_checkpoint(cfg.checkpoint, stage, opt, step + 1, losses)
+            _save_checkpoint(cfg, stage, opt, step + 1, losses)
         if on_step is not None:
             on_step(step + 1, losses[-1])
     for module in stage.modules.values():
