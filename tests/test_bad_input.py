@@ -289,3 +289,14 @@ def test_property_batch(tmp_path_factory, line, opts):
     jobs = tmp_path_factory.mktemp("jobs") / "jobs.jsonl"
     jobs.write_text(json.dumps(line) + "\n")
     run_dry(["batch", jobs, "-o", jobs.parent / "out", *[x for pair in opts for x in pair]])
+
+
+def test_a_motion_module_for_another_unet_is_refused_in_one_line(tmp_path, adapter_folder, original_files, capsys):
+    """The tiny adapter (widths 32, 64; 2 layers per block) on the demo's UNet (32, 64, 128; 1 layer): refused
+    before merging, naming both shapes, for the diffusers folder and the original single file alike."""
+    for module in (adapter_folder, original_files["safetensors"]):
+        assert cli("generate", "a red circle", "--motion-module", module, "-o", tmp_path / "o.gif", *DEMO) == 2
+        line = error_line(capsys)
+        assert line.startswith(f"vidiff: error: --motion-module: {module} was made for a UNet with block widths")
+        assert "(32, 64)" in line and "this model's UNet has (32, 64, 128)" in line
+    assert not any(tmp_path.iterdir())

@@ -8,7 +8,9 @@ The estimate adds up
   width, times a constant measured on UNets from the demo's to SD 1.5's size (70-80 bytes per element);
 - decoding: the VAE's first width at full resolution over one decode chunk (6-9 bytes per element
   measured), plus the frames a GIF or WebP keeps until it is written;
-- the runtime itself (Python, torch, diffusers) on a CPU.
+- on a CPU, a floor under the working memory (thread pools, allocator arenas, the writer: 16-27 MiB measured
+  in float32 and bfloat16 alike) and the runtime itself (Python, torch, diffusers).
+Activations scale with the dtype's size: bfloat16 on a CPU measured 0.51x float32's above that floor.
 When it exceeds the memory the device has free, the run is refused with what would fit; `force` runs it.
 """
 
@@ -26,6 +28,7 @@ GIB = 2**30
 DENOISE_BYTES = 128  # per (batch x frame x latent pixel x first-width channel), float32; measured 80-130
 DECODE_BYTES = 10  # per (frame x pixel x VAE first-width channel), float32; measured 6-9
 RUNTIME_BYTES = GIB // 2  # Python + torch + diffusers on a CPU, measured 0.45 GiB
+WORKING_FLOOR = 24 * 2**20  # CPU working memory that no run size explains, measured 16-27 MiB
 ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on its JSON header
@@ -158,6 +161,7 @@ def estimate(weights: int, figures: ModelFigures, run: RunShape, cpu: bool) -> E
     area = (run.height // figures.vae_factor) * (run.width // figures.vae_factor)  # latent pixels
     scale = run.element / 4  # the constants were measured in float32
     denoise = DENOISE_BYTES * scale * run.batch * run.frames_at_once * area * figures.width
+    denoise += WORKING_FLOOR if cpu else 0
     decode = DECODE_BYTES * scale * run.decode_chunk * run.height * run.width * figures.vae_width
     if run.keeps_frames:
         decode += run.frames * run.height * run.width * 3

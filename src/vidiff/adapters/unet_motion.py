@@ -156,6 +156,9 @@ def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.M
             )
         return image_unet or load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
     module = load_motion_module(motion_module, dtype) if motion_module is not None else None
+    if module is not None:
+        unet_config = image_unet.config if image_unet else json.loads((folder / "unet" / "config.json").read_text())
+        check_fits(module, dict(unet_config), motion_module)
     if unet_class == "UNetMotionModel":  # saved by AnimateDiffPipeline: motion modules already inside
         unet = load_part(UNetMotionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
         if module is None:
@@ -173,6 +176,19 @@ def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.M
     set_groupnorm(unet, mode, module.version)
     notes.append(f"motion module: {module.describe()}; GroupNorm as in {mode}")
     return unet
+
+
+def check_fits(module: MotionModule, unet_config: dict, path: str) -> None:
+    """Refuse, before merging, a motion module shaped for another UNet (its block widths and layers per block
+    against the UNet's configuration)."""
+    a = module.adapter.config
+    layers = lambda n, count: tuple(n) if isinstance(n, list | tuple) else (n,) * count  # noqa: E731
+    want = tuple(unet_config["block_out_channels"])
+    want_layers = layers(unet_config["layers_per_block"], len(want))
+    got, got_layers = tuple(a.block_out_channels), layers(a.motion_layers_per_block, len(a.block_out_channels))
+    if (got, got_layers) != (want, want_layers):
+        raise LoadError("--motion-module", f"{path} was made for a UNet with block widths {got} and {got_layers} "
+                        f"layers per block; this model's UNet has {want} and {want_layers}")  # fmt: skip
 
 
 def _replacement_vae(path: str, dtype: torch.dtype) -> AutoencoderKL:
