@@ -50,6 +50,8 @@ def error_line(capsys) -> str:
         (["--scheduler", "nope"], "--scheduler"),
         (["--image-seeds", "latents: missing.pt"], "--image-seeds"),
         (["--motion-module", "missing/"], "--motion-module"),
+        (["--loop", "--context-schedule", "static"], "--loop"),
+        (["--prompt-travel", "0: a cat | 4: a dog | 0: a bird"], "--prompt-travel"),
     ],
 )
 def test_refused_before_any_model_loads(tmp_path, capsys, monkeypatch, args, flag):
@@ -300,3 +302,24 @@ def test_a_motion_module_for_another_unet_is_refused_in_one_line(tmp_path, adapt
         assert line.startswith(f"vidiff: error: --motion-module: {module} was made for a UNet with block widths")
         assert "(32, 64)" in line and "this model's UNet has (32, 64, 128)" in line
     assert not any(tmp_path.iterdir())
+
+
+def test_found_by_a_new_user(tmp_path, capsys, monkeypatch, adapter_folder):
+    """Each ends in one line and exit 2 before loading, nothing written: a 300-character output name, an existing
+    folder named without a final / (frames would land in it), a motion module in frame-by-frame mode, a travel
+    JSON file keying a frame twice."""
+    monkeypatch.chdir(tmp_path)
+    assert cli("generate", "a red circle", "-o", "x" * 300 + ".gif", *DEMO) == 2
+    assert "--output: the name 'xxx" in error_line(capsys)
+    (tmp_path / "renders").mkdir()
+    (tmp_path / "renders" / "keep.txt").write_text("mine")
+    assert cli("generate", "a red circle", "-o", "renders", *DEMO) == 2
+    assert "--output: renders is an existing folder; end it in / " in error_line(capsys)
+    assert cli("generate", "a red circle", "--mode", "sequential", "--motion-module", adapter_folder, *DEMO) == 2
+    assert "--motion-module: has no use in --mode sequential" in error_line(capsys)
+    (tmp_path / "travel.json").write_text('{"0": "a cat", "00": "a dog"}')
+    assert cli("generate", "--prompt-travel", "travel.json", "-o", "t.gif", *DEMO) == 2
+    assert "--prompt-travel: frame 0 is keyed twice" in error_line(capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "renders", "travel.json"]
+    assert cli("generate", "a red circle", "-o", "renders/", *DEMO) == 0  # asked for frames: written beside keep.txt
+    assert (tmp_path / "renders" / "keep.txt").read_text() == "mine"

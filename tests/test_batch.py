@@ -96,6 +96,19 @@ def test_grids_sweeps_csv_and_templates(tmp_path):
         (['{"prompt": "a cat", "steps": "many"}'], [], "JOBS: line 1: steps: 'many' is not a valid value"),
         (['{"prompt": "a cat", "seed": [1, 2]}'], ["--name-template", "same.mp4"], "--name-template: jobs 0 and 1"),
         (['{"prompt": "a cat"}'], ["--sweep", "seed=9..1"], "--sweep: empty range"),
+        (['{"prompt": "a cat"}'], ["--sweep", "seed=1..100000000"], "--sweep: '1..100000000' is 100000000 values"),
+        (
+            ['{"prompt": "a cat", "seed": [1, 2]}'] * 3,
+            ["--sweep", "steps=1..400", "--sweep", "frames=1..400"],
+            "--sweep: the grid over",
+        ),
+        ([*['{"prompt": "a cat"}'] * 700, '{"prompt": "a cat", "steps": -3}'], [], "JOBS: line 701: --steps: must be"),
+        (
+            [*['{"prompt": "a cat"}'] * 9, '{"prompt": "a cat", "lora": "gone.safetensors"}'],
+            [],
+            "JOBS: line 10: --lora: ",
+        ),
+        (['{"prompt": "a cat"}', '{"prompt": "a \\u0000 cat"}'], [], "JOBS: line 2: prompt: "),
     ],
 )
 def test_bad_input_is_one_line_before_any_rendering(tmp_path, capsys, lines, flags, message):
@@ -122,3 +135,28 @@ def test_sigterm_leaves_finished_outputs_and_the_manifest_consistent(tmp_path):
     videos = sorted(p.name for p in out.iterdir() if p.name != "manifest.jsonl")
     assert videos == sorted(Path(r["output"]).name for r in recs)  # no partial file, none unrecorded
     assert all(not name.startswith(".") for name in os.listdir(out))
+
+
+def test_csv_with_a_byte_order_mark_or_without_a_prompt_column(tmp_path, capsys):
+    """Excel's UTF-8 CSVs start with a BOM: the header is still read as one (no job made of it, no column lost);
+    several columns without a `prompt` header are refused naming the file, before rendering."""
+    bom = tmp_path / "excel.csv"
+    bom.write_bytes("\ufeffprompt,steps\na red circle moving right,3\n".encode())
+    items = plan_for(bom, tmp_path / "o")
+    assert len(items) == 1 and items[0].job.request.prompt == "a red circle moving right"
+    assert items[0].job.request.steps == 3
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,steps\na red circle moving right,3\n")
+    assert cli("batch", bad, "-o", tmp_path / "out", *FAST) == 2
+    assert "needs a header row with a 'prompt' column" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_motion_module_for_another_unet_fails_its_job_alone(tmp_path, adapter_folder):
+    jobs = write_jobs(tmp_path, [{"prompt": "a red circle moving right", "seed": 1},
+                                 {"prompt": "a cat", "motion_module": str(adapter_folder)}])  # fmt: skip
+    out = tmp_path / "out"
+    assert cli("batch", jobs, "-o", out, *FAST) == 1
+    recs = {r["index"]: r for r in records(out)}
+    assert recs[0]["status"] == "done" and recs[1]["status"] == "failed"
+    assert recs[1]["error"].startswith("--motion-module: ") and "block widths" in recs[1]["error"]

@@ -16,6 +16,7 @@ import csv
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -25,11 +26,12 @@ from pathlib import Path
 from . import checks
 from .errors import InvalidArgument, VidiffError
 from .job import RenderJob, slug
-from .outputs import writable_folder
+from .outputs import check_name_length, writable_folder
 
 MANIFEST = "manifest.jsonl"
 TEMPLATE = "{index}-{prompt_slug}-{seed}.mp4"
 LIST_OPTIONS = ("loras", "motion_loras", "pab_range")  # options whose value is itself a list
+MAX_JOBS = 100_000  # a batch (after its grids and sweeps) holds at most this many jobs
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,9 @@ def read_jobs(path: str) -> list[dict]:
     file = Path(path)
     if not file.is_file():
         raise InvalidArgument("JOBS", f"no such file: {path}")
-    text = file.read_text(encoding="utf-8")
+    text = file.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSVs) is not part of the first key
     if file.suffix.lower() == ".csv":
-        rows = [r for r in csv.reader(text.splitlines()) if any(cell.strip() for cell in r)]
-        if rows and "prompt" in rows[0]:
-            return [{k: _cell(v) for k, v in zip(rows[0], r, strict=False) if v != ""} for r in rows[1:]]
-        return [{"prompt": r[0]} for r in rows]
+        return _csv_jobs(text, file.name)
     jobs = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -68,6 +67,23 @@ def read_jobs(path: str) -> list[dict]:
             raise InvalidArgument("JOBS", f"{file.name} line {number}: a job is a JSON object of options")
         jobs.append(job | {"_line": number})
     return jobs
+
+
+def _csv_jobs(text: str, name: str) -> list[dict]:
+    """A CSV's rows as jobs: a header with a `prompt` column names every column; a single column without one
+    is prompts alone; several columns without one are refused (the header would become a job)."""
+    rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), 1) if any(cell.strip() for cell in r)]
+    if not rows:
+        return []
+    header = [h.strip() for h in rows[0][1]]
+    if "prompt" in header:
+        for n, r in rows[1:]:
+            if len(r) > len(header):
+                raise InvalidArgument("JOBS", f"{name} line {n}: {len(r)} cells under {len(header)} column names")
+        return [{k: _cell(v) for k, v in zip(header, r, strict=False) if v != ""} | {"_line": n} for n, r in rows[1:]]
+    if any(len(r) > 1 for _, r in rows):
+        raise InvalidArgument("JOBS", f"{name}: a CSV of several columns needs a header row with a 'prompt' column")
+    return [{"prompt": r[0], "_line": n} for n, r in rows]
 
 
 def _cell(value: str):
@@ -88,6 +104,10 @@ def parse_sweep(spec: str) -> tuple[str, list]:
         lo, hi = int(span[1]), int(span[2])
         if hi < lo:
             raise InvalidArgument("--sweep", f"empty range {values!r}")
+        if hi - lo + 1 > MAX_JOBS:
+            raise InvalidArgument(
+                "--sweep", f"{values!r} is {hi - lo + 1} values; a batch takes at most {MAX_JOBS} jobs"
+            )
         return key.strip(), list(range(lo, hi + 1))
     return key.strip(), [_cell(v.strip()) for v in values.split(",")]
 
@@ -100,6 +120,8 @@ def expand(job: dict, sweeps: list[tuple[str, list]]) -> list[dict]:
     axes = {k: v for k, v in job.items() if isinstance(v, list) and not _list_option(k, v)}
     if not axes:
         return [job]
+    if math.prod(len(v) for v in axes.values()) > MAX_JOBS:
+        raise InvalidArgument("--sweep", f"the grid over {', '.join(axes)} has more than {MAX_JOBS} jobs")
     return [job | dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
@@ -206,8 +228,14 @@ def plan(
                 raise InvalidArgument("--name-template", f"jobs {names[name]} and {index} are both named {name!r}")
             names[name] = index
             args.output = str(Path(outdir) / name)
-            job = job_from_args(args)
-            job.validate(output=False)  # OUTDIR is made later
+            try:
+                check_name_length(args.output)
+                job = job_from_args(args)
+                job.validate(output=False)  # OUTDIR is made later
+            except InvalidArgument as e:
+                raise InvalidArgument("JOBS", f"{where}: {e}") from None
+            if index >= MAX_JOBS:
+                raise InvalidArgument("JOBS", f"more than {MAX_JOBS} jobs; split the batch")
             items.append(Item(index, options, job, hashlib.sha256(job.to_json().encode()).hexdigest()[:16]))
     return items
 

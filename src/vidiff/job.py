@@ -80,6 +80,10 @@ class RenderJob:
             if path is not None:
                 c.existing(flag, path)
         c.choice("--mode", self.mode, MODES)
+        if self.mode == "sequential" and (self.motion_module or self.motion_loras):
+            flag = "--motion-module" if self.motion_module else "--motion-lora"
+            raise InvalidArgument(flag, "has no use in --mode sequential (each frame is denoised by the image model "
+                                  "alone); drop it, or use --mode motion")  # fmt: skip
         c.number("--frame-noise", self.frame_noise, 0)
         if self.frame_batch is not None:
             c.integer("--frame-batch", self.frame_batch, 1)

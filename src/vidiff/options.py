@@ -83,8 +83,8 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--context-length", type=int, help="frames per context window (default 16 past the table)")
     gen.add_argument("--context-overlap", type=int, default=4, help="frames neighbouring windows share")
     gen.add_argument("--context-stride", type=int, help="frames between window starts (instead of the overlap)")
-    gen.add_argument("--context-schedule", default="uniform", choices=CONTEXT_SCHEDULES, help="window placement")
-    gen.add_argument("--loop", action="store_const", const="looped", dest="context_schedule", help="seamless loop")
+    gen.add_argument("--context-schedule", choices=CONTEXT_SCHEDULES, help="window placement (default uniform)")
+    gen.add_argument("--loop", action="store_true", help="seamless loop: --context-schedule looped")
     gen.add_argument("--context-fuse", default="pyramid", choices=CONTEXT_FUSES, help="weights of overlapping frames")
     gen.add_argument(
         "--context-scope", default="backbone", choices=CONTEXT_SCOPES, help="window the backbone, or motion only"
@@ -186,6 +186,12 @@ def job_from_args(args: argparse.Namespace):
     if args.resume is None and args.prompt is None and not travel:
         raise InvalidArgument("prompt", "required (or --prompt-travel, or --resume a checkpoint)")
     first = travel["prompt_travel"][min(travel["prompt_travel"])] if "prompt_travel" in travel else ""
+    if args.loop:
+        if args.context_schedule not in (None, "looped"):
+            raise InvalidArgument(
+                "--loop", f"contradicts --context-schedule {args.context_schedule} (--loop is looped)"
+            )
+        args.context_schedule = "looped"
     given = fields_from(
         args, GenerationRequest, prompt=args.prompt or first, strength=args.image_seed_strength, **travel
     )

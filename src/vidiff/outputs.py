@@ -14,6 +14,7 @@ VIDEO_SUFFIXES = (".gif", ".mp4", ".webp")
 FRAMES = "/"  # the kind of a folder of numbered PNG frames
 FRAME_GLOB = "frame_*.png"
 MAX_FPS = 1000.0  # GIF frame durations are whole milliseconds
+DERIVED_NAME = 41  # bytes a name grows by in its temporaries and checkpoint (".NAME.resume.safetensors.XXXXXXXX...")
 
 
 def output_kind(path: str, argument: str = "--output") -> str:
@@ -50,10 +51,28 @@ def check_target(path: Path, overwrite: bool, argument: str = "--output") -> Non
     writable_folder(argument, path.parent)
 
 
+def check_name_length(path: str, argument: str = "--output") -> None:
+    """Every part of `path` short enough for the file system, with room for the names derived from it."""
+    folder = Path(path).parent if Path(path).parent.is_dir() else Path(".")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    for part in Path(path).parts:
+        if len(os.fsencode(part)) + DERIVED_NAME > limit:
+            raise InvalidArgument(argument, f"the name {part[:40]!r}... is {len(os.fsencode(part))} bytes; at most "
+                                  f"{limit - DERIVED_NAME} fit ({limit} less what temporaries add)")  # fmt: skip
+
+
 def check_output(path: str, overwrite: bool, argument: str = "--output") -> str:
-    """Fail before any work if `path` cannot be written; returns its kind."""
+    """Fail before any work if `path` cannot be written; returns its kind. An existing folder named without a
+    final / is taken for frames only with `overwrite` (a name ending in / asks for a frames folder)."""
+    check_name_length(checks.text(argument, path, empty=False), argument)
     kind = output_kind(path, argument)
     target = Path(path)
+    if kind == FRAMES and target.is_dir() and not path.endswith(("/", os.sep)) and not overwrite:
+        raise OutputExists(argument, f"{path} is an existing folder; end it in / to write frames into it, or pass "
+                           "--overwrite")  # fmt: skip
     if kind != FRAMES:
         check_target(target, overwrite, argument)
     elif target.exists() and not target.is_dir():

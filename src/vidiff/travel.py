@@ -20,22 +20,30 @@ if TYPE_CHECKING:
 
 
 def parse_travel(spec: str, argument: str = "--prompt-travel") -> dict[int, str]:
-    """`"0: a cat | 32: a dog"` or a JSON file holding `{"0": "a cat", "32": "a dog"}`."""
+    """`"0: a cat | 32: a dog"` or a JSON file holding `{"0": "a cat", "32": "a dog"}`; a frame keyed twice is
+    refused."""
     path = Path(spec)
     if spec.endswith(".json") and path.is_file():
         try:
-            data = json.loads(path.read_text())
-            keyframes = {int(k): str(v) for k, v in data.items()}
-        except (OSError, ValueError, AttributeError) as e:
+            pairs = json.loads(path.read_text(), object_pairs_hook=lambda items: items)
+            pairs = [(int(k), str(v)) for k, v in pairs]
+        except (OSError, ValueError, TypeError) as e:
             raise InvalidArgument(argument, f"{path.name} is not a JSON object of frame: prompt ({e})") from e
-        check_keys(keyframes, argument)
-        return keyframes
-    keyframes = {}
-    for part in spec.split("|"):
-        match = re.fullmatch(r"\s*(\d+)\s*:\s*(.*?)\s*", part)
-        if match is None or not match.group(2):
-            raise InvalidArgument(argument, f"cannot read {part.strip()!r}: write FRAME: PROMPT | FRAME: PROMPT ...")
-        keyframes[int(match.group(1))] = match.group(2)
+    else:
+        pairs = []
+        for part in spec.split("|"):
+            match = re.fullmatch(r"\s*(\d+)\s*:\s*(.*?)\s*", part)
+            if match is None or not match.group(2):
+                raise InvalidArgument(
+                    argument, f"cannot read {part.strip()!r}: write FRAME: PROMPT | FRAME: PROMPT ..."
+                )
+            pairs.append((int(match.group(1)), match.group(2)))
+    keyframes: dict[int, str] = {}
+    for frame, prompt in pairs:
+        if frame in keyframes:
+            raise InvalidArgument(argument, f"frame {frame} is keyed twice ({keyframes[frame]!r} and {prompt!r})")
+        keyframes[frame] = prompt
+    check_keys(keyframes, argument)
     return keyframes
 
 
