@@ -19,14 +19,13 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from .memory import PeakMemory, weight_bytes
+from .memory import PeakMemory, clock, weight_bytes
 from .names import BENCH_OPTIONAL_ROWS as OPTIONAL_ROWS
 from .names import BENCH_ROWS as ROWS
 
@@ -118,13 +117,13 @@ def vidiff_row(name: str, label: str, pipe, a, fast: bool = False, steps: int | 
         if fast:
             pipe.enable_fast()
         with PeakMemory(pipe.device) as mem:
-            start = time.perf_counter()
+            start = clock(pipe.device)
             options = _settings(a) | settings | {"steps": fixed or steps}
             request = pipe.resolve(GenerationRequest(PROMPT, **options))
             latents = pipe.generate_latents(request, progress=False)  # (1, C, F, h, w)
             for _ in pipe.decode(latents[0], a.decode_chunk_size):
                 pass
-            total = time.perf_counter() - start
+            total = clock(pipe.device) - start
         pipe.disable_pab()
         pipe.disable_deep_cache()
         t = pipe.timings
@@ -148,19 +147,19 @@ def diffusers_row(folder: str, motion: str | None, dtype: str, a) -> Row:
     weights = weight_bytes(pipe.unet, pipe.vae, pipe.text_encoder)
 
     first: list[float] = []  # when the UNet first runs in a call: the denoising loop's start
-    pipe.unet.register_forward_pre_hook(lambda *_: first.append(time.perf_counter()) if not first else None)
+    pipe.unet.register_forward_pre_hook(lambda *_: first.append(clock(device)) if not first else None)
 
     def call(steps: int) -> Measure:
         stamps: list[float] = []
 
         def on_step(_pipe, _i, _t, kwargs):
-            stamps.append(time.perf_counter())
+            stamps.append(clock(device))
             return kwargs
 
         s = _settings(a)
         first.clear()
         with PeakMemory(device) as mem:
-            start = time.perf_counter()
+            start = clock(device)
             latents = pipe(
                 PROMPT,
                 num_frames=s["frames"],
@@ -173,13 +172,13 @@ def diffusers_row(folder: str, motion: str | None, dtype: str, a) -> Row:
                 output_type="latent",
                 callback_on_step_end=on_step,
             ).frames  # (1, C, F, h, w)
-            decode = time.perf_counter()
+            decode = clock(device)
             with torch.no_grad():  # what output_type="np" runs
                 video = pipe.decode_latents(latents, a.decode_chunk_size)  # (1, 3, F, H, W)
                 pipe.video_processor.postprocess_video(video=video, output_type="np")
-            total = time.perf_counter() - start
+            total = clock(device) - start
         per_step = (stamps[-1] - first[0]) / steps
-        vae = time.perf_counter() - decode
+        vae = clock(device) - decode
         return Measure(per_step, vae, total, (weights + mem.peak) / 2**30, latents.float().cpu())
 
     return Row("diffusers", "diffusers", dtype, call)

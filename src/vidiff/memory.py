@@ -1,9 +1,11 @@
-"""Memory figures: the bytes of a model's weights, and the peak working memory of a call above its start."""
+"""Measuring a run: the bytes of a model's weights, the peak working memory of a call above its start, and a
+clock that waits for the device."""
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import torch
 
@@ -68,3 +70,11 @@ def process_peak(device: torch.device) -> int:
 
 def weight_bytes(*modules: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+
+
+def clock(device: torch.device) -> float:
+    """Seconds for timing work on `device`: CUDA's queued kernels are waited for first, so a figure counts
+    the work done, not the launches."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

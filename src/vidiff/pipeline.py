@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
@@ -25,6 +24,7 @@ from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
 from .lora import Lora
+from .memory import clock
 from .names import DEFAULT_FRAME_NOISE, GROUPNORM_MODES, MODES
 from .request import GenerationRequest
 from .schedules import (
@@ -212,9 +212,9 @@ class VideoPipeline:
         source = source or Source()
         timings = Timings(load=self.load_seconds)
         # 1. Encode the prompt (and the negative prompt for classifier-free guidance).
-        start = time.perf_counter()
+        start = clock(self.device)
         cond, uncond = self._encode(request)
-        timings.encode = time.perf_counter() - start
+        timings.encode = clock(self.device) - start
         # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
         scheduler = make_scheduler(
             request.scheduler, self.scheduler_config, request.beta_schedule, request.timestep_spacing
@@ -254,7 +254,7 @@ class VideoPipeline:
                 "--free-init", "re-samples a whole text-to-video run from noise (no sources, no split)"
             )
         self.run = Run(request, scheduler, generator, timesteps, stop, timings)
-        start = time.perf_counter()
+        start = clock(self.device)
         first = latents  # (B, C, F, h, w): the first pass's noise
         handles = self.denoiser.scale_motion(request.motion_scale)
         try:
@@ -285,7 +285,7 @@ class VideoPipeline:
         finally:
             for handle in handles:
                 handle.remove()
-        timings.denoise = time.perf_counter() - start
+        timings.denoise = clock(self.device) - start
         timings.steps = max(stop - begin, 0) * passes
         timings.frames = request.frames * request.num_videos
         return latents
@@ -445,9 +445,9 @@ class VideoPipeline:
         chunks = self.codec.decode(latents, chunk_size)
         timings = self.timings  # the last run's: decoding is part of it
         while True:
-            start = time.perf_counter()
+            start = clock(self.device)
             frames = next(chunks, None)
-            timings.decode += time.perf_counter() - start
+            timings.decode += clock(self.device) - start
             if frames is None:
                 return
             yield frames
