@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vidiff.demo.data import ALL_COMBOS, BACKGROUND, COLORS, HELD_OUT, SEEN, render_clip, shape_mask
-from vidiff.demo.evaluate import analyse, analyse_long
+from vidiff.demo.evaluate import Result, analyse, analyse_long, noise_independence
 
 
 def test_held_out_split():
@@ -65,3 +65,22 @@ def test_a_long_clip_is_read_per_stretch():
     assert report.whole.direction == "right" and report.whole.coherent_frames == 64
     assert [r.direction for r in report.stretches] == ["right", "right", "right", None]
     assert report.moving == 0.75 and report.direction_consistency == 0.75
+
+
+def test_noise_independence_counts_noises_whose_four_prompts_move_four_ways():
+    """Ground-truth clips: per (colour, shape, seed), the four direction prompts. Truth moves four ways (1.0);
+    a model that moves every prompt the same way for one noise scores 0; incomplete groups are not counted."""
+    rng = np.random.default_rng(0)
+
+    def results(direction_of):
+        out = []
+        for seed in range(3):
+            for d in ("left", "right", "up", "down"):
+                clip = render_clip("red", "circle", direction_of(d, seed), rng)
+                out.append(Result(("red", "circle", d), seed, analyse(clip.frames), 0.0))
+        return out
+
+    assert noise_independence(results(lambda d, seed: d)) == (1.0, 3)
+    same = results(lambda d, seed: ("left", "right", "up")[seed])  # the noise decides
+    assert noise_independence(same) == (0.0, 3)
+    assert noise_independence(same[:7]) == (0.0, 1)  # seed 1 lacks a prompt

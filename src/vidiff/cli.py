@@ -190,10 +190,10 @@ def eval_demo(args: argparse.Namespace) -> None:
     checks.number("--frame-noise", args.frame_noise, 0)
     _quiet_libraries()
     from .demo.data import HELD_OUT, SEEN
-    from .demo.evaluate import evaluate, summarize, table
+    from .demo.evaluate import evaluate, noise_independence, summarize, table
     from .pipeline import VideoPipeline
 
-    rows = {}
+    rows, independence = {}, {}
     for name in (m.strip() for m in args.modes.split(",")):
         mode, _, extra = name.partition("+")
         if extra not in ("", "pab", "fast"):
@@ -207,10 +207,16 @@ def eval_demo(args: argparse.Namespace) -> None:
             pipe.enable_pab()
         elif extra == "fast":
             pipe.enable_fast()
+        results = []
         for split, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
             options = {k: getattr(args, k) for k in ("steps", "guidance_scale", "scheduler", "max_sequence_length")}
-            rows[f"{name} / {split}"] = summarize(evaluate(pipe, combos[: args.limit], range(args.seeds), **options))
+            results.append(evaluate(pipe, combos[: args.limit], range(args.seeds), **options))
+            rows[f"{name} / {split}"] = summarize(results[-1])
+        independence[name] = noise_independence(results[0] + results[1])
     print(table(rows))
+    for name, (share, noises) in independence.items():
+        print(f"{name}: noise independence {share:.1%} (of {noises} noises, the four direction prompts move four ways)")
+    rows |= {f"{name} / noise independence": {"share": v[0], "noises": v[1]} for name, v in independence.items()}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -81,7 +81,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--beta-schedule", help="override the model's: linear (AnimateDiff's), scaled_linear, ...")
     gen.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
     gen.add_argument("--context-length", type=int, help="frames per context window (default 16 past the table)")
-    gen.add_argument("--context-overlap", type=int, default=4, help="frames neighbouring windows share")
+    gen.add_argument("--context-overlap", type=int, help="frames neighbouring windows share (default 4)")
     gen.add_argument("--context-stride", type=int, help="frames between window starts (instead of the overlap)")
     gen.add_argument("--context-schedule", choices=CONTEXT_SCHEDULES, help="window placement (default uniform)")
     gen.add_argument("--loop", action="store_true", help="seamless loop: --context-schedule looped")

@@ -14,7 +14,7 @@ from . import checks
 from .accel.deep_cache import DeepCacheConfig, apply_deep_cache
 from .accel.pab import PABConfig, apply_pab
 from .adapters.base import Loaded, LoadOptions, VideoDenoiser
-from .adapters.context import DEFAULT_LENGTH, ContextOptions, ContextWindowDenoiser
+from .adapters.context import ContextWindowDenoiser
 from .codec import LatentCodec
 from .conditioning import Conditioning
 from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
@@ -40,6 +40,7 @@ from .schedules import (
 from .sources import Source, resolve_source
 from .specs import BackboneSpec, detect
 from .travel import interpolate
+from .windowing import context_for
 
 OUTPUT_TYPES = ("np", "pil", "latent")
 ACCELERATORS = ("pab", "deep_cache")  # in the order they are applied
@@ -172,20 +173,13 @@ class VideoPipeline:
 
     def denoiser_for(self, request: GenerationRequest) -> VideoDenoiser:
         """The backbone, wrapped in context windows when asked for or when the video is longer than its table."""
-        table = self.denoiser.max_frames
-        frames = self.codec.latent_frames(request.frames or 1)
-        noise = request.noise_type != "random"
-        asked = request.context_length is not None or noise
-        if not asked and (table is None or frames <= table or not self.spec.context_windows):
+        table = self.denoiser.max_frames if self.spec.context_windows else None
+        options = context_for(request, self.codec.latent_frames(request.frames or 1), table)
+        if options is None:
             return self.denoiser  # its own check_frames says what it can make
-        if not self.spec.context_windows or table is None:
+        if table is None:
             raise InvalidArgument("--context-length", f"context windows need a temporal backbone that can vary its "
                                   f"frame count (this {self.spec.name} model cannot)")  # fmt: skip
-        options = ContextOptions(
-            length=request.context_length or min(DEFAULT_LENGTH, table), stride=request.context_stride,
-            overlap=request.context_overlap, schedule=request.context_schedule, fuse=request.context_fuse,
-            noise=request.noise_type, scope=request.context_scope,
-        )  # fmt: skip
         return ContextWindowDenoiser(self.denoiser, options)
 
     def resolve_source(

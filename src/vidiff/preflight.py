@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidArgument
+from .windowing import context_for
 
 GIB = 2**30
 DENOISE_BYTES = 128  # per (batch x frame x latent pixel x first-width channel), float32; measured 80-130
@@ -141,14 +142,13 @@ def run_shape(job, figures: ModelFigures, element: int) -> RunShape:
     """The RunShape of a RenderJob (before its request is resolved: the model's defaults fill it in)."""
     r = job.request
     frames = r.frames or 16
+    windows = context_for(r, frames, figures.frame_table)
     if job.mode == "sequential":
         at_once = job.frame_batch or frames
-    elif r.context_scope == "motion":
+    elif windows is None or windows.scope == "motion":  # motion scope: one backbone call over every frame
         at_once = frames
-    elif r.context_length is not None:
-        at_once = min(frames, r.context_length)
     else:
-        at_once = frames if frames <= figures.frame_table else 16  # windows of 16 start past the table
+        at_once = min(frames, windows.length)
     cfg = r.guidance_scale is None or r.guidance_scale > 1
     output = (job.output or ".gif").lower()
     return RunShape(

@@ -10,18 +10,15 @@ from . import checks
 from .errors import InvalidArgument
 from .names import (
     BETA_SCHEDULES,
-    CONTEXT_FUSES,
-    CONTEXT_SCHEDULES,
-    CONTEXT_SCOPES,
     FLOW_SCHEDULERS,
     FREE_INIT_METHODS,
-    NOISE_TYPES,
     SCHEDULER_CLASSES,
     TIMESTEP_SPACINGS,
     TRAVEL_INTERPOLATIONS,
     scheduler_key,
 )
 from .travel import check_keys, check_travel
+from .windowing import DEFAULT_LENGTH, ContextOptions, default_overlap
 
 if TYPE_CHECKING:
     from .specs import BackboneSpec
@@ -58,7 +55,7 @@ class GenerationRequest:
     strength: float = 0.8  # img2img: how much of the schedule re-noises the source
     motion_scale: float = 1.0  # what the temporal layers add: 0 = the image model alone, 1 = as trained
     context_length: int | None = None  # context windows of this many frames (None: on at 16 past the table)
-    context_overlap: int = 4  # frames neighbouring windows share
+    context_overlap: int | None = None  # frames neighbouring windows share (None: 4, fewer for shorter windows)
     context_stride: int | None = None  # frames between window starts (diffusers' context_stride); None: overlap
     context_schedule: str = "uniform"  # uniform | looped | static
     context_fuse: str = "pyramid"  # flat | pyramid | gauss | delayed_reverse_sawtooth
@@ -78,6 +75,16 @@ class GenerationRequest:
             value = getattr(self, name)
             if isinstance(value, dict):
                 object.__setattr__(self, name, {_frame_key(k): v for k, v in value.items()})
+
+    def context(self, length: int = DEFAULT_LENGTH) -> ContextOptions:
+        """The context-window options: windows of `context_length` frames, or `length` when it names none."""
+        length = self.context_length if self.context_length is not None else length
+        return ContextOptions(
+            length=length, stride=self.context_stride,
+            overlap=self.context_overlap if self.context_overlap is not None else default_overlap(length),
+            schedule=self.context_schedule, fuse=self.context_fuse,
+            noise=self.noise_type, scope=self.context_scope,
+        )  # fmt: skip
 
     @property
     def cfg(self) -> bool:
@@ -113,15 +120,7 @@ class GenerationRequest:
             raise InvalidArgument("--denoising-end", "must be greater than --denoising-start")
         c.number("--image-seed-strength", self.strength, 0, 1)
         c.number("--motion-scale", self.motion_scale, 0)
-        if self.context_length is not None:
-            c.integer("--context-length", self.context_length, 1)
-        c.integer("--context-overlap", self.context_overlap, 0)
-        if self.context_stride is not None:
-            c.integer("--context-stride", self.context_stride, 1)
-        c.choice("--context-schedule", self.context_schedule, CONTEXT_SCHEDULES)
-        c.choice("--context-fuse", self.context_fuse, CONTEXT_FUSES)
-        c.choice("--context-scope", self.context_scope, CONTEXT_SCOPES)
-        c.choice("--noise-type", self.noise_type, NOISE_TYPES)
+        self.context().validate()  # the windows' own rules and the cross-field ones (overlap and stride vs length)
         for flag, travel in (("--prompt-travel", self.prompt_travel),
                              ("--negative-prompt-travel", self.negative_prompt_travel)):  # fmt: skip
             if travel is not None:

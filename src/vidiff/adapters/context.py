@@ -24,45 +24,16 @@ resume see one ordinary denoiser.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
-from .. import checks
-from ..errors import InvalidArgument
-from ..names import CONTEXT_FUSES, CONTEXT_SCHEDULES, CONTEXT_SCOPES, NOISE_TYPES
+from ..names import NOISE_TYPES
+from ..windowing import DEFAULT_LENGTH, ContextOptions
 from .base import Conditioning, VideoDenoiser
 
-DEFAULT_LENGTH = 16  # what the released motion modules were trained on
-
-
-@dataclass(frozen=True)
-class ContextOptions:
-    length: int = DEFAULT_LENGTH
-    stride: int | None = None  # frames between window starts; None: length - overlap
-    overlap: int = 4
-    schedule: str = "uniform"
-    fuse: str = "pyramid"
-    noise: str = "random"
-    scope: str = "backbone"
-
-    @property
-    def step(self) -> int:
-        return self.stride if self.stride is not None else self.length - self.overlap
-
-    def validate(self) -> None:
-        if self.length < 1:
-            raise InvalidArgument("--context-length", f"must be >= 1, got {self.length}")
-        if self.stride is None and not 0 <= self.overlap < self.length:
-            raise InvalidArgument("--context-overlap", f"must be in [0, {self.length}), got {self.overlap}")
-        if self.stride is not None and not 1 <= self.stride <= self.length:
-            raise InvalidArgument("--context-stride", f"must be in [1, {self.length}], got {self.stride}")
-        checks.choice("--context-schedule", self.schedule, CONTEXT_SCHEDULES)
-        checks.choice("--context-fuse", self.fuse, CONTEXT_FUSES)
-        checks.choice("--noise-type", self.noise, NOISE_TYPES)
-        checks.choice("--context-scope", self.scope, CONTEXT_SCOPES)
+__all__ = ["DEFAULT_LENGTH", "ContextOptions", "ContextWindowDenoiser", "fuse_windows", "windows"]
 
 
 def windows(frames: int, length: int, stride: int, schedule: str = "uniform") -> list[list[int]]:

@@ -153,6 +153,19 @@ def summarize(results: list[Result]) -> dict[str, float]:
     return out
 
 
+def noise_independence(results: list[Result]) -> tuple[float, int]:
+    """Does the prompt or the noise decide the motion? Over the (colour, shape, seed) groups whose four direction
+    prompts were all generated (each seed is one initial noise): the fraction where the four clips move four
+    different ways, and the number of groups. A model that reads its direction off the noise scores about 0."""
+    groups: dict[tuple, dict[str, str | None]] = {}
+    for r in results:
+        color, shape, direction = r.combo
+        groups.setdefault((color, shape, r.seed), {})[direction] = r.report.direction
+    whole = [g for g in groups.values() if len(g) == len(DIRECTIONS)]
+    apart = sum(None not in g.values() and len(set(g.values())) == len(DIRECTIONS) for g in whole)
+    return apart / max(len(whole), 1), len(whole)
+
+
 def table(rows: dict[str, dict[str, float]]) -> str:
     """A plain-text table: one row per (mode, split)."""
     head = f"{'':24} {'clips':>5} {'color':>6} {'shape':>6} {'dir':>6} {'all':>6} {'coherent':>9} {'s/clip':>7}"
