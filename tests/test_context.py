@@ -51,11 +51,11 @@ def test_a_video_longer_than_the_table_runs_in_windows_with_pab(motion_pipe, sco
     assert motion_pipe.denoiser.max_frames == 32
     with pytest.raises(InvalidArgument, match="--frames: 40 frames exceed"):  # a window longer than the table
         motion_pipe.resolve(GenerationRequest("a cat", frames=40, context_length=40))
-    pab = motion_pipe.enable_pab(PABConfig())
+    (pab,) = motion_pipe.enable_cache(PABConfig())
     try:
         out = motion_pipe("a cat", context_scope=scope, **(LATENT | dict(frames=40, steps=4, seed=1))).latents
     finally:
-        motion_pipe.disable_pab()
+        motion_pipe.disable_cache()
     assert out.shape[2] == 40 and torch.isfinite(out).all()
     assert pab.state.reused["temporal"] > 0  # cached per window (call position)
 

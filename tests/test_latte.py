@@ -38,6 +38,6 @@ def test_frames_limited_by_the_temporal_table_and_pab_kinds(latte_folder):
     kinds = attention_kinds(SPECS["latte"].attention_rules, pipe.denoiser.attention_modules())
     assert {k for n, k in kinds.items() if n.startswith("temporal_transformer_blocks")} == {"temporal"}
     assert {k for n, k in kinds.items() if n.startswith("transformer_blocks")} == {"spatial", "cross"}
-    pab = pipe.enable_pab()
+    (pab,) = pipe.enable_cache()
     pipe("a cat", frames=4, height=64, width=64, steps=10, seed=0, progress=False, output_type="latent")
     assert all(pab.state.reused[k] > 0 for k in ("spatial", "temporal", "cross"))

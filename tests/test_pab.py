@@ -18,8 +18,7 @@ OPTS = LATENT | dict(frames=4, steps=10, seed=1)
 @pytest.fixture(scope="module")
 def motion(motion_pipe) -> VideoPipeline:
     yield motion_pipe
-    motion_pipe.disable_pab()
-    motion_pipe.disable_deep_cache()
+    motion_pipe.disable_cache()
 
 
 def test_motion_unet_attention_is_told_apart(motion):
@@ -39,7 +38,7 @@ def expected(timesteps: list[float], skip: int, span=(100, 800)) -> tuple[int, i
 
 def test_off_on_off_and_counts(motion):
     off = motion("a cat", **OPTS).latents
-    pab = motion.enable_pab(PABConfig(spatial_skip=2, temporal_skip=3, cross_skip=4))
+    (pab,) = motion.enable_cache(PABConfig(spatial_skip=2, temporal_skip=3, cross_skip=4))
     on = motion("a cat", **OPTS).latents
     kinds = attention_kinds(SPECS["sd1"].attention_rules, motion.denoiser.attention_modules())
     timesteps = motion.run.timesteps.tolist()
@@ -49,19 +48,23 @@ def test_off_on_off_and_counts(motion):
         assert (pab.state.computed[kind], pab.state.reused[kind]) == (n * computed, n * reused), kind
     again = motion("a cat", **OPTS).latents  # state was reset: the same run again
     assert torch.equal(on, again)
-    motion.disable_pab()
+    motion.disable_cache()
     assert torch.equal(motion("a cat", **OPTS).latents, off)
     assert (on - off).abs().max() > 0  # it did skip work
     assert (on - off).norm() / off.norm() < 0.5
 
 
-def test_the_seed_spelling_and_hooks_removed(motion):
+def test_one_cache_switch_and_hooks_removed(motion):
+    """`enable_cache(...)` replaces what was on (no config: the spec's `--fast`); `disable_cache()` removes it."""
     from diffusers.hooks import HookRegistry
 
-    pab = motion.enable_pyramid_attention_broadcast(spatial_attn_skip_range=2, spatial_attn_timestep_range=[100, 800])
+    assert [type(c).__name__ for c in motion.enable_cache()] == ["PyramidAttentionBroadcast", "DeepCache"]
+    (pab,) = motion.enable_cache(PABConfig(spatial_skip=2, spatial_range=(100, 800)))
+    assert list(motion.accelerators) == ["pab"]
     assert pab.config.spatial_skip == 2 and pab.config.spatial_range == (100, 800)
     modules = list(pab.modules.values())
-    motion.disable_pab()
+    motion.disable_cache()
+    assert motion.accelerators == {}
     for module in modules:
         assert HookRegistry.check_if_exists_or_initialize(module).get_hook("vidiff_pab") is None
 
@@ -74,11 +77,11 @@ def test_deep_cache_reuses_inner_unet_blocks(motion):
     assert "down_blocks.0" not in deep and f"up_blocks.{len(unet.up_blocks) - 1}" not in deep
     assert "mid_block" in deep and len(deep) == len(unet.down_blocks) + len(unet.up_blocks) - 1
     assert DeepCacheConfig().skip == 3 and motion.spec.fast == ("pab", "deep_cache")
-    pab = motion.enable_deep_cache(DeepCacheConfig(skip=3))
+    (pab,) = motion.enable_cache(DeepCacheConfig(skip=3))
     on = motion("a cat", **OPTS).latents
     computed, reused = expected(motion.run.timesteps.tolist(), 3, (0, 1000))
     assert (pab.state.computed["deep"], pab.state.reused["deep"]) == (len(deep) * computed, len(deep) * reused)
-    motion.disable_deep_cache()
+    motion.disable_cache()
     assert torch.equal(motion("a cat", **OPTS).latents, off)
     assert 0 < (on - off).norm() / off.norm() < 0.5
 
@@ -90,7 +93,7 @@ def test_frame_batches_reuse_their_own_outputs(sd1_folder):
         pipe = VideoPipeline.from_pretrained(
             str(sd1_folder), mode="sequential", frame_batch=frame_batch, dtype="float32"
         )
-        pipe.enable_pab()
+        pipe.enable_cache(PABConfig())
         runs.append(pipe("a cat", **OPTS).latents)
     assert (runs[0] - runs[1]).abs().max() <= 1e-4
 
@@ -107,8 +110,8 @@ def test_sd3_with_temporal_layers(tmp_path):
     assert sorted(n for n, k in kinds.items() if k == "temporal") == ["temporal.layers.0", "temporal.layers.1"]
     assert not inner_blocks(pipe.denoiser.module) and pipe.spec.fast == ("pab",)  # a transformer has no UNet blocks
     with pytest.raises(InvalidArgument, match="--deep-cache: this backbone has no UNet blocks"):
-        pipe.enable_deep_cache()
-    pab = pipe.enable_pab()
+        pipe.enable_cache(DeepCacheConfig())
+    (pab,) = pipe.enable_cache()
     pipe("a cat", **{**OPTS, "frames": 3})
     assert pab.state.reused["temporal"] > 0 and pab.state.reused["spatial"] > 0
 

@@ -115,7 +115,7 @@ def vidiff_row(name: str, label: str, pipe, a, fast: bool = False, steps: int | 
 
     def call(steps: int) -> Measure:
         if fast:
-            pipe.enable_fast()
+            pipe.enable_cache()
         with PeakMemory(pipe.device) as mem:
             start = clock(pipe.device)
             options = _settings(a) | settings | {"steps": fixed or steps}
@@ -124,8 +124,7 @@ def vidiff_row(name: str, label: str, pipe, a, fast: bool = False, steps: int | 
             for _ in pipe.decode(latents[0], a.decode_chunk_size):
                 pass
             total = clock(pipe.device) - start
-        pipe.disable_pab()
-        pipe.disable_deep_cache()
+        pipe.disable_cache()
         t = pipe.timings
         return Measure(t.per_step, t.decode, total, (weights + mem.peak) / 2**30, latents.float().cpu())
 

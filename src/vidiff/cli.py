@@ -189,6 +189,7 @@ def eval_demo(args: argparse.Namespace) -> None:
     checks.number("--guidance-scale", args.guidance_scale, 0)
     checks.number("--frame-noise", args.frame_noise, 0)
     _quiet_libraries()
+    from .accel.configs import PABConfig
     from .demo.data import HELD_OUT, SEEN
     from .demo.evaluate import evaluate, noise_independence, summarize, table
     from .pipeline import VideoPipeline
@@ -203,10 +204,8 @@ def eval_demo(args: argparse.Namespace) -> None:
             use_t5=not args.no_t5, groupnorm=args.groupnorm, loras=args.loras, motion_loras=args.motion_loras,
             vae=args.vae,
         )  # fmt: skip
-        if extra == "pab":
-            pipe.enable_pab()
-        elif extra == "fast":
-            pipe.enable_fast()
+        if extra:
+            pipe.enable_cache(*([PABConfig()] if extra == "pab" else []))
         results = []
         for split, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
             options = {k: getattr(args, k) for k in ("steps", "guidance_scale", "scheduler", "max_sequence_length")}

@@ -11,8 +11,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from . import checks
-from .accel.deep_cache import DeepCacheConfig, apply_deep_cache
-from .accel.pab import PABConfig, apply_pab
+from .accel.configs import CACHES, CacheConfig, DeepCacheConfig, PABConfig, cache_configs
+from .accel.deep_cache import apply_deep_cache
+from .accel.pab import apply_pab
 from .adapters.base import Loaded, LoadOptions, VideoDenoiser
 from .adapters.context import ContextWindowDenoiser
 from .codec import LatentCodec
@@ -43,7 +44,6 @@ from .travel import interpolate
 from .windowing import context_for
 
 OUTPUT_TYPES = ("np", "pil", "latent")
-ACCELERATORS = ("pab", "deep_cache")  # in the order they are applied
 
 
 @dataclass
@@ -321,57 +321,35 @@ class VideoPipeline:
             )
         self.denoiser.module.compile(backend=backend, mode=mode)
 
-    def enable_pab(self, config: PABConfig | None = None):
-        """Pyramid Attention Broadcast on this backbone's attention (replacing any earlier configuration)."""
-        self._disable("pab")
-        return self._enable("pab", apply_pab(self.denoiser, self.spec.attention_rules, config))
+    def enable_cache(self, *configs: CacheConfig) -> list[Cache]:
+        """Turn on step caches, replacing any that are on (as diffusers' `enable_cache`): Pyramid Attention
+        Broadcast (`PABConfig`) and DeepCache (`DeepCacheConfig`, UNets only); with none given, the backbone's
+        best measured combination (`--fast`, the spec's `fast`). Returns the caches in the order they run."""
+        self.disable_cache()
+        applied: dict[str, Cache] = {}
+        try:
+            for config in configs or cache_configs(self.spec.fast):
+                if isinstance(config, PABConfig):
+                    applied["pab"] = apply_pab(self.denoiser, self.spec.attention_rules, config)
+                elif isinstance(config, DeepCacheConfig):
+                    if not self.spec.deep_cache:
+                        raise InvalidArgument("--deep-cache", "this backbone has no UNet blocks to reuse (DeepCache "
+                                              "needs a UNet)")  # fmt: skip
+                    applied["deep_cache"] = apply_deep_cache(self.denoiser, config)
+                else:
+                    raise InvalidArgument("enable_cache", f"takes PABConfig or DeepCacheConfig, not {config!r}")
+        except Exception:
+            for cache in applied.values():
+                cache.remove()
+            raise
+        self.accelerators = {name: applied[name] for name in CACHES if name in applied}
+        return list(self.accelerators.values())
 
-    def disable_pab(self) -> None:
-        self._disable("pab")
-
-    def enable_deep_cache(self, config: DeepCacheConfig | None = None):
-        """DeepCache on a UNet's inner blocks (replacing any earlier configuration); other backbones refuse it."""
-        self._disable("deep_cache")
-        return self._enable("deep_cache", apply_deep_cache(self.denoiser, config))
-
-    def disable_deep_cache(self) -> None:
-        self._disable("deep_cache")
-
-    def enable_fast(self) -> list[Cache]:
-        """The backbone's `--fast` preset: its best measured combination of accelerators (spec.fast)."""
-        enable = {"pab": self.enable_pab, "deep_cache": self.enable_deep_cache}
-        return [enable[name]() for name in self.spec.fast]
-
-    def _enable(self, name: str, accelerator: Cache) -> Cache:
-        self.accelerators[name] = accelerator
-        self.accelerators = {n: self.accelerators[n] for n in ACCELERATORS if n in self.accelerators}
-        return accelerator
-
-    def _disable(self, name: str) -> None:
-        accelerator = self.accelerators.pop(name, None)
-        if accelerator is not None:
-            accelerator.remove()
-
-    def enable_pyramid_attention_broadcast(
-        self,
-        spatial_attn_skip_range: int | None = 2,
-        temporal_attn_skip_range: int | None = 3,
-        cross_attn_skip_range: int | None = 6,
-        spatial_attn_timestep_range=(100, 800),
-        temporal_attn_timestep_range=(100, 800),
-        cross_attn_timestep_range=(100, 800),
-    ):
-        """The seeds' spelling of `enable_pab`."""
-        return self.enable_pab(
-            PABConfig(
-                spatial_attn_skip_range,
-                temporal_attn_skip_range,
-                cross_attn_skip_range,
-                tuple(spatial_attn_timestep_range),
-                tuple(temporal_attn_timestep_range),
-                tuple(cross_attn_timestep_range),
-            )
-        )
+    def disable_cache(self) -> None:
+        """Remove every step cache (their hooks and state)."""
+        for cache in self.accelerators.values():
+            cache.remove()
+        self.accelerators = {}
 
     def _resume(self, item: LatentsFile, request, scheduler, generator, timesteps, begin) -> tuple[Tensor, int, bool]:
         """Continue from saved latents: exactly (scheduler and generator state) when the file was saved by the

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import preflight
+from .accel.configs import cache_configs
 from .errors import InvalidArgument, RenderInterrupted, WriteFailed
 from .export import FrameWriter
 from .image_seeds import parse_image_seed
@@ -72,14 +73,8 @@ class Renderer:
             self.pipe, self.key = pipe, job.pipeline_key
             self.loads += 1
         pipe = self.pipe
-        pipe.disable_pab()
-        pipe.disable_deep_cache()
-        if job.fast:
-            pipe.enable_fast()
-        if job.pab is not None:
-            pipe.enable_pab(job.pab)
-        if job.deep_cache is not None:
-            pipe.enable_deep_cache(job.deep_cache)
+        caches = cache_configs(pipe.spec.fast if job.fast else (), job.pab, job.deep_cache)
+        pipe.enable_cache(*caches) if caches else pipe.disable_cache()
         return pipe, reused
 
     def preflight(self, job: RenderJob) -> preflight.Estimate:

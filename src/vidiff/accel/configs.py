@@ -52,3 +52,15 @@ class DeepCacheConfig:
         lo, hi = self.timestep_range
         if not (checks.integer("--deep-cache", lo, 0, TIMESTEPS) < checks.integer("--deep-cache", hi, 0, TIMESTEPS)):
             raise InvalidArgument("--deep-cache", f"timestep range must be LO < HI, got {lo} {hi}")
+
+
+CacheConfig = PABConfig | DeepCacheConfig
+CACHES = {"pab": PABConfig, "deep_cache": DeepCacheConfig}  # by name, in the order they are applied
+
+
+def cache_configs(fast: tuple[str, ...], *given: CacheConfig | None) -> list[CacheConfig]:
+    """The caches a run turns on: the `fast` names' defaults (a spec's `--fast`), each replaced by a config of its
+    kind in `given`; in application order."""
+    chosen = {name: CACHES[name]() for name in fast}
+    chosen |= {name: c for c in given if c is not None for name, kind in CACHES.items() if isinstance(c, kind)}
+    return [chosen[name] for name in CACHES if name in chosen]
