@@ -160,3 +160,27 @@ def test_a_motion_module_for_another_unet_fails_its_job_alone(tmp_path, adapter_
     recs = {r["index"]: r for r in records(out)}
     assert recs[0]["status"] == "done" and recs[1]["status"] == "failed"
     assert recs[1]["error"].startswith("--motion-module: ") and "block widths" in recs[1]["error"]
+
+
+def test_dry_run_lines_render_the_same_videos_as_generate(tmp_path, capsys):
+    """One job format: what `vidiff generate --dry-run` prints is a batch line; the batch renders each byte for
+    byte as `vidiff generate` does (the name comes from the batch's template). Flat lines still mix in."""
+    runs = [["a red circle moving right", "--seed", "3"], ["a blue square moving up", "--model", "tiny-random",
+            "--seed", "4", "--guidance-rescale", "0.5", "--context-length", "4"]]  # fmt: skip
+    lines = []
+    for run in runs:
+        assert cli("generate", *run, *FAST, "--dry-run") in (0, None)
+        lines.append(capsys.readouterr().out.strip())
+    lines.append(json.dumps({"prompt": "a green triangle moving left", "seed": 5}))
+    (tmp_path / "jobs.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert cli("batch", tmp_path / "jobs.jsonl", "-o", out, *FAST) == 0
+    recs = sorted(records(out), key=lambda r: r["index"])
+    assert [r["status"] for r in recs] == ["done"] * 3 and recs[1]["seed"] == 4
+    for run, rec in zip(runs, recs, strict=False):
+        alone = tmp_path / f"alone-{rec['index']}.mp4"
+        assert cli("generate", *run, *FAST, "-o", alone) == 0
+        assert alone.read_bytes() == Path(rec["output"]).read_bytes()
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"request": {"prompt": "x", "colour": 1}}) + "\n")
+    assert cli("batch", tmp_path / "bad.jsonl", "-o", tmp_path / "o2", *FAST) == 2
+    assert "JOBS: line 1: job: request: unknown keys colour" in capsys.readouterr().err

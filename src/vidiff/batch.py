@@ -20,7 +20,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from . import checks
@@ -206,38 +206,60 @@ def plan(
     template: str = TEMPLATE,
     sweeps: list[tuple[str, list]] = (),
 ) -> list[Item]:
-    """Every job resolved (options, seed, output in `outdir`), checked, before anything renders."""
-    from .options import job_from_args
-
+    """Every job resolved (options, seed, output in `outdir`), checked, before anything renders. A line is a
+    RenderJob's JSON (what `vidiff generate --dry-run` prints: it has a "request") or flat option keys."""
     items, names = [], {}
     for line in jobs:
         where = f"line {line['_line']}" if "_line" in line else f"job {len(items) + 1}"
-        for options in expand({k: v for k, v in line.items() if k != "_line"}, list(sweeps)):
+        body = {k: v for k, v in line.items() if k != "_line"}
+        for options in [body] if "request" in body else expand(body, list(sweeps)):
             index = len(items)
-            args = apply_options(defaults, options, parser, where)
-            if args.seed is None:
-                args.seed = _derived_seed(options, index)
-            fields = vars(args) | {"index": index, "prompt_slug": slug(args.prompt or "", 40), "seed": args.seed}
             try:
-                name = template.format(**fields)
-            except (KeyError, IndexError, ValueError) as e:
-                raise InvalidArgument("--name-template", f"{template!r}: {e}") from None
-            if not name or Path(name).is_absolute() or ".." in Path(name).parts:
-                raise InvalidArgument("--name-template", f"{template!r} gives {name!r}, not a name inside OUTDIR")
-            if name in names:
-                raise InvalidArgument("--name-template", f"jobs {names[name]} and {index} are both named {name!r}")
-            names[name] = index
-            args.output = str(Path(outdir) / name)
-            try:
-                check_name_length(args.output)
-                job = job_from_args(args)
+                job, fields = _job(options, defaults, parser, index, where)
+                name = _name(template, fields | {"index": index, "seed": job.request.seed}, index, names)
+                job = replace(job, output=str(Path(outdir) / name))
+                check_name_length(job.output)
                 job.validate(output=False)  # OUTDIR is made later
             except InvalidArgument as e:
+                if e.argument in ("--name-template", "JOBS"):
+                    raise
                 raise InvalidArgument("JOBS", f"{where}: {e}") from None
             if index >= MAX_JOBS:
                 raise InvalidArgument("JOBS", f"more than {MAX_JOBS} jobs; split the batch")
             items.append(Item(index, options, job, hashlib.sha256(job.to_json().encode()).hexdigest()[:16]))
     return items
+
+
+def _job(options: dict, defaults, parser, index: int, where: str) -> tuple[RenderJob, dict]:
+    """The render job of one line's options (a seed derived when it has none), and the fields a name template
+    may use."""
+    from .options import job_from_args
+
+    if "request" in options:
+        job = RenderJob.from_dict(options)
+        if job.request.seed is None:
+            job = replace(job, request=replace(job.request, seed=_derived_seed(options, index)))
+        fields = {k: v for k, v in job.to_dict().items() if k != "request"} | asdict(job.request)
+    else:
+        args = apply_options(defaults, options, parser, where)
+        if args.seed is None:
+            args.seed = _derived_seed(options, index)
+        job, fields = job_from_args(args), vars(args)
+    return job, fields | {"prompt_slug": slug(job.request.prompt or "", 40)}
+
+
+def _name(template: str, fields: dict, index: int, names: dict[str, int]) -> str:
+    """The output name `template` gives a job: inside OUTDIR, and no other job's."""
+    try:
+        name = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as e:
+        raise InvalidArgument("--name-template", f"{template!r}: {e}") from None
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise InvalidArgument("--name-template", f"{template!r} gives {name!r}, not a name inside OUTDIR")
+    if name in names:
+        raise InvalidArgument("--name-template", f"jobs {names[name]} and {index} are both named {name!r}")
+    names[name] = index
+    return name
 
 
 # 3. The manifest -------------------------------------------------------------------------------------------

@@ -138,7 +138,14 @@ class RenderJob:
         if unknown:
             raise InvalidArgument("job", f"unknown keys {', '.join(unknown)}")
         data = dict(data)
-        data["request"] = GenerationRequest(**data["request"])
+        request = data.get("request")
+        if not isinstance(request, dict):
+            raise InvalidArgument("job", f"'request' must be an object of GenerationRequest fields, got {request!r}")
+        unknown = sorted(set(request) - {f.name for f in fields(GenerationRequest)})
+        if unknown or "prompt" not in request:
+            raise InvalidArgument("job", f"request: unknown keys {', '.join(unknown)}" if unknown else
+                                  "request: needs a prompt")  # fmt: skip
+        data["request"] = GenerationRequest(**request)
         for key, config in (("pab", PABConfig), ("deep_cache", DeepCacheConfig)):
             if data.get(key) is not None:
                 data[key] = config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data[key].items()})
