@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,57 @@ def test_found_by_a_new_user(tmp_path, capsys, monkeypatch, adapter_folder):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["keep.txt", "renders", "travel.json"]
     assert cli("generate", "a red circle", "-o", "renders/", *DEMO) == 0  # asked for frames: written beside keep.txt
     assert (tmp_path / "renders" / "keep.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module")
+def demo_pipe():
+    from vidiff import VideoPipeline
+
+    return VideoPipeline.from_pretrained("demo", dtype="float32")
+
+
+CROSS = st.fixed_dictionaries(
+    {},
+    optional={
+        "--frames": st.integers(1, 64),
+        "--context-length": st.integers(1, 32),  # longer than the model's table: its own check, at load
+        "--context-overlap": st.integers(0, 20),
+        "--context-stride": st.integers(1, 20),
+        "--noise-type": st.sampled_from(["random", "shuffle", "repeat"]),
+        "--context-schedule": st.sampled_from(["uniform", "looped", "static"]),
+        "--loop": st.just(None),
+        "--prompt-travel": st.lists(st.integers(0, 70), min_size=1, max_size=3).map(
+            lambda keys: " | ".join(f"{k}: a cat" for k in keys)
+        ),
+        "--denoising-start": st.floats(0, 1),
+        "--denoising-end": st.floats(0, 1),
+        "--free-init": st.integers(1, 3),
+        "--image-seeds": st.just("latents: LATENTS"),
+    },
+)
+
+
+@hypothesis.settings(max_examples=120, deadline=None, derandomize=True)
+@hypothesis.given(opts=CROSS)
+def test_property_cross_field_rules_are_all_checked_before_loading(demo_pipe, tmp_path_factory, opts):
+    """Cross-field combinations (windows against frames, keyframes against frames, split runs against FreeInit,
+    sources): the dry run answers exit 0 or one line with exit 2; and what it accepts, the loaded model's own
+    checks (resolving the request, choosing the windows) accept too: no rule waits for the weights."""
+    from vidiff.cli import build_parser
+    from vidiff.options import job_from_args
+
+    latents = tmp_path_factory.getbasetemp() / "cross.pt"
+    if not latents.exists():
+        torch.save(torch.zeros(1, 4, 16, 16, 16), latents)
+    argv = ["generate", "a cat", "-o", str(tmp_path_factory.getbasetemp() / "x.gif")]
+    for flag, value in opts.items():
+        argv += [flag] if value is None else [flag, str(value).replace("LATENTS", str(latents))]
+    run_dry(argv)
+    try:
+        job = job_from_args(build_parser().parse_args(argv))
+        job.validate()
+    except InvalidArgument:
+        return  # refused before loading, in one line (run_dry saw it)
+    request = job.request if job.request.frames or job.image_seeds else replace(job.request, frames=16)
+    request = demo_pipe.resolve(replace(request, frames=request.frames or 16))  # latents files hold 16 frames
+    demo_pipe.denoiser_for(request)

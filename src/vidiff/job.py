@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ from .names import (
     is_latents_path,
 )
 from .outputs import check_fps, check_output, writable_folder
-from .request import GenerationRequest
+from .request import DEFAULT_FRAMES, GenerationRequest
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -116,6 +116,11 @@ class RenderJob:
             raise InvalidArgument("--denoising-start", 'needs latents to continue: --image-seeds "latents: FILE"')
         if seed is not None and seed.latents is not None and self.resume is not None:
             raise InvalidArgument("--resume", "continues its own latents; drop latents= from --image-seeds")
+        if self.request.free_init > 1 and (seed is not None or self.resume is not None):
+            raise InvalidArgument("--free-init", "re-samples a whole text-to-video run from noise (no sources)")
+        r = self.request
+        if r.frames is None and not starts_from_latents:  # the default frame count: travel keyframes within it
+            replace(r, frames=DEFAULT_FRAMES).validate()
         check_fps(self.fps)
         c.integer("--decode-chunk-size", self.decode_chunk_size, 1)
         if self.checkpoint_every is not None:

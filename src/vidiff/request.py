@@ -123,10 +123,13 @@ class GenerationRequest:
         self.context().validate()  # the windows' own rules and the cross-field ones (overlap and stride vs length)
         for flag, travel in (("--prompt-travel", self.prompt_travel),
                              ("--negative-prompt-travel", self.negative_prompt_travel)):  # fmt: skip
-            if travel is not None:
+            if travel is not None and self.frames is None:
                 check_keys(travel, flag)
+            elif travel is not None:
+                check_travel(travel, self.frames, flag)  # keyframes within the video
         c.choice("--travel-interpolation", self.travel_interpolation, TRAVEL_INTERPOLATIONS)
-        c.integer("--free-init", self.free_init, 1)
+        if c.integer("--free-init", self.free_init, 1) > 1 and (start is not None or end is not None):
+            raise InvalidArgument("--free-init", "re-samples a whole text-to-video run from noise (no split run)")
         c.choice("--free-init-method", self.free_init_method, FREE_INIT_METHODS)
         c.integer("--free-init-order", self.free_init_order, 1)
         c.number("--free-init-spatial", self.free_init_spatial, 0, 1, above=True)
