@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--guidance-scale", type=float, default=7.5)
+    ev.add_argument("--guidance-rescale", type=float, default=0.0)
     ev.add_argument("--scheduler")
     ev.add_argument("--max-sequence-length", type=int, default=256, help="SD 3: T5 tokens (77 for vidiff's SD 3 demo)")
     ev.add_argument("--limit", type=int, help="only the first N combinations of each split")
@@ -187,6 +188,7 @@ def eval_demo(args: argparse.Namespace) -> None:
                         ("--max-sequence-length", args.max_sequence_length)):  # fmt: skip
         checks.integer(flag, value, 1)
     checks.number("--guidance-scale", args.guidance_scale, 0)
+    checks.number("--guidance-rescale", args.guidance_rescale, 0, 1)
     checks.number("--frame-noise", args.frame_noise, 0)
     _quiet_libraries()
     from .accel.configs import PABConfig
@@ -208,7 +210,8 @@ def eval_demo(args: argparse.Namespace) -> None:
             pipe.enable_cache(*([PABConfig()] if extra == "pab" else []))
         results = []
         for split, combos in (("seen", SEEN), ("held-out", HELD_OUT)):
-            options = {k: getattr(args, k) for k in ("steps", "guidance_scale", "scheduler", "max_sequence_length")}
+            keys = ("steps", "guidance_scale", "guidance_rescale", "scheduler", "max_sequence_length")
+            options = {k: getattr(args, k) for k in keys}
             results.append(evaluate(pipe, combos[: args.limit], range(args.seeds), **options))
             rows[f"{name} / {split}"] = summarize(results[-1])
         independence[name] = noise_independence(results[0] + results[1])
