@@ -143,8 +143,9 @@ def add_train_arguments(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--max-noise", type=float, default=1.0, help="... up to this one")
     tr.add_argument("--zero-snr", action="store_true", help="rescale the folder's schedule to zero terminal SNR "
                     "(trailing spacing), train on it and write it to the folder")  # fmt: skip
-    tr.add_argument("--fresh-text-encoder", action="store_true", help="restart the text encoder from random weights "
-                    "(frozen unless --trainable names it: words stay apart, as in a pretrained CLIP)")  # fmt: skip
+    tr.add_argument("--fresh-text-encoder", action="store_true",
+                    help="restart the text encoder from random weights (the motion stage freezes it unless "
+                    "--trainable names it; --text-lr-scale 0 freezes it in the image stage)")  # fmt: skip
     tr.add_argument("--probe", type=int, default=0, metavar="CLIPS",
                     help="motion stage: then the word probe on this many demo clips (--steps 0: only it)")  # fmt: skip
 
