@@ -354,3 +354,8 @@ def test_fresh_text_encoder_restarts_from_random_weights_and_is_exported(trained
     assert all(before[k].shape == after[k].shape for k in before)
     tokens = next(k for k in before if k.endswith("token_embedding.weight"))
     assert not torch.equal(before[tokens], after[tokens])
+
+
+def test_zero_snr_is_refused_for_flow_matching(sd3_folder):
+    with pytest.raises(InvalidArgument, match="--zero-snr: sd3's flow matching already ends at pure noise"):
+        make_stage(TrainConfig(stage="motion", model=sd3_folder, zero_snr=True))

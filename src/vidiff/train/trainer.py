@@ -47,7 +47,7 @@ from ..loading import DTYPES
 from ..lora import add_training_lora, save_training_lora
 from ..motion.animatediff_format import load_motion_adapter
 from ..motion.groupnorm import CONFIG_KEY as GROUPNORM_KEY
-from ..specs import detect
+from ..specs import SPECS, detect
 from .config import TrainConfig
 from .data import open_data
 
@@ -560,8 +560,10 @@ def make_stage(cfg: TrainConfig) -> Stage:
         raise InvalidArgument("--model", f"{cfg.model} has no vae/: train the vae stage first")
     new = not (cfg.model / "model_index.json").is_file()
     cfg.family = (cfg.family or "sd1") if new else detect(cfg.model).name
-    if cfg.zero_snr and cfg.family == "sd3":
-        raise InvalidArgument("--zero-snr", "SD 3's flow matching already ends at pure noise (no signal leaks)")
+    if cfg.zero_snr and SPECS[cfg.family].flow:
+        raise InvalidArgument(
+            "--zero-snr", f"{cfg.family}'s flow matching already ends at pure noise (no signal leaks)"
+        )
     stage = STAGE_CLASSES[cfg.family][cfg.stage](cfg, data)
     if cfg.text_lr_scale == 0:
         stage.freeze_text()
