@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ from .names import (
 )
 from .outputs import check_fps, check_output, writable_folder
 from .request import DEFAULT_FRAMES, GenerationRequest
+from .travel import check_travel
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -118,9 +119,11 @@ class RenderJob:
             raise InvalidArgument("--resume", "continues its own latents; drop latents= from --image-seeds")
         if self.request.free_init > 1 and (seed is not None or self.resume is not None):
             raise InvalidArgument("--free-init", "re-samples a whole text-to-video run from noise (no sources)")
-        r = self.request
-        if r.frames is None and not starts_from_latents:  # the default frame count: travel keyframes within it
-            replace(r, frames=DEFAULT_FRAMES).validate()
+        if self.request.frames is None and not starts_from_latents:  # travel keyframes within the default count
+            for flag, travel in (("--prompt-travel", self.request.prompt_travel),
+                                 ("--negative-prompt-travel", self.request.negative_prompt_travel)):  # fmt: skip
+                if travel is not None:
+                    check_travel(travel, DEFAULT_FRAMES, flag)
         check_fps(self.fps)
         c.integer("--decode-chunk-size", self.decode_chunk_size, 1)
         if self.checkpoint_every is not None:

@@ -74,7 +74,10 @@ class Renderer:
             self.loads += 1
         pipe = self.pipe
         caches = cache_configs(pipe.spec.fast if job.fast else (), job.pab, job.deep_cache)
-        pipe.enable_cache(*caches) if caches else pipe.disable_cache()
+        if caches:
+            pipe.enable_cache(*caches)
+        else:
+            pipe.disable_cache()  # enable_cache() with no config would be --fast
         return pipe, reused
 
     def preflight(self, job: RenderJob) -> preflight.Estimate:

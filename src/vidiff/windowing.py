@@ -24,7 +24,7 @@ class ContextOptions:
 
     length: int = DEFAULT_LENGTH
     stride: int | None = None  # frames between window starts; None: length - overlap
-    overlap: int = 4
+    overlap: int = DEFAULT_OVERLAP
     schedule: str = "uniform"
     fuse: str = "pyramid"
     noise: str = "random"
