@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import cli
 
-from vidiff.batch import Manifest, defaults_from, job_parser, parse_sweep, plan, read_jobs, run_local
+from vidiff.batch import Manifest, defaults_from, parse_sweep, plan, read_jobs, run_local
 from vidiff.cli import build_parser
 
 FAST = ["--steps", "2", "--frames", "4", "--quiet"]
@@ -34,9 +34,8 @@ def records(outdir: Path) -> list[dict]:
 
 def plan_for(jobs: Path, outdir: Path, *flags: str):
     args = build_parser().parse_args(["batch", str(jobs), "-o", str(outdir), *FAST, *flags])
-    parser = job_parser()
     sweeps = [parse_sweep(s) for s in args.sweep]
-    return plan(read_jobs(str(jobs)), defaults_from(args, parser), parser, str(outdir), args.name_template, sweeps)
+    return plan(read_jobs(str(jobs)), defaults_from(args), str(outdir), args.name_template, sweeps)
 
 
 def test_six_jobs_two_models_each_loaded_once_equal_generate_and_a_rerun_does_nothing(tmp_path):

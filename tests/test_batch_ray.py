@@ -20,7 +20,7 @@ from vidiff.cluster import RayBatch, RayOptions, route  # noqa: E402
 
 def test_route_keeps_models_together_and_splits_for_idle_workers(tmp_path):
     items = plan_for(write_jobs(tmp_path, SIX), tmp_path / "o")  # two models, three jobs each
-    models = [{i.job.model for i in q} for q in route(items, 2)]
+    models = [{i.job.load.model for i in q} for q in route(items, 2)]
     assert models == [{"demo"}, {"tiny-random"}]
     assert sorted(len(q) for q in route(items, 4)) == [1, 1, 2, 2]
     assert sorted(len(q) for q in route(items[:3], 2)) == [1, 2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from vidiff import (
     DeepCacheConfig,
     GenerationRequest,
     InvalidArgument,
+    LoadSettings,
     PABConfig,
     Renderer,
     RenderJob,
@@ -48,7 +50,7 @@ def latents(path) -> torch.Tensor:
 def test_json_round_trip():
     job = RenderJob(
         request(scheduler="dpm++2m", denoising_end=0.5),
-        model="demo",
+        load=LoadSettings("demo", loras=("a.safetensors:0.5",)),
         image_seeds="a.gif;mask=m.png",
         pab=PABConfig(spatial_skip=3, cross_range=(200, 700)),
         deep_cache=DeepCacheConfig(skip=2),
@@ -63,7 +65,7 @@ def test_json_round_trip():
 
 def test_text_to_video_equals_the_cli(tmp_path, model, flags):
     assert cli("generate", "a cat", *flags, "-o", tmp_path / "cli.safetensors") == 0
-    result = render(RenderJob(request(), output=str(tmp_path / "api.safetensors"), **model))
+    result = render(RenderJob(request(), output=str(tmp_path / "api.safetensors"), load=LoadSettings(**model)))
     assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))
     assert torch.equal(result.latents.float(), latents(tmp_path / "api.safetensors"))
     pipe = VideoPipeline.from_pretrained(model["model"], model["motion_module"], dtype="float32")
@@ -74,7 +76,9 @@ def test_text_to_video_equals_the_cli(tmp_path, model, flags):
 def test_image_seeds_with_a_mask_equal_the_cli(tmp_path, model, flags):
     seeds = source_and_mask(tmp_path)
     assert cli("generate", "a cat", *flags, "--image-seeds", seeds, "-o", tmp_path / "cli.safetensors") == 0
-    render(RenderJob(request(), image_seeds=seeds, output=str(tmp_path / "api.safetensors"), **model))
+    render(
+        RenderJob(request(), image_seeds=seeds, output=str(tmp_path / "api.safetensors"), load=LoadSettings(**model))
+    )
     assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))
 
 
@@ -85,22 +89,30 @@ def test_split_and_resume_equal_the_cli(tmp_path, model, flags):
     rest = ["--scheduler", "dpm++2m", "--denoising-start", "0.5", "--image-seeds", seeds]
     assert cli("generate", "a cat", *flags, *rest, "-o", tmp_path / "cli.safetensors") == 0
     half = render(
-        RenderJob(request(scheduler="dpm++2m", denoising_end=0.5), output=str(tmp_path / "half.safetensors"), **model)
+        RenderJob(
+            request(scheduler="dpm++2m", denoising_end=0.5),
+            output=str(tmp_path / "half.safetensors"),
+            load=LoadSettings(**model),
+        )
     )
     assert torch.equal(half.latents.float(), latents(tmp_path / "cli-half.safetensors"))
     seeds = f"latents: {tmp_path / 'half.safetensors'}"
     job = RenderJob(request(scheduler="dpm++2m", denoising_start=0.5), image_seeds=seeds,
-                    output=str(tmp_path / "api.safetensors"), **model)  # fmt: skip
+                    output=str(tmp_path / "api.safetensors"), load=LoadSettings(**model))  # fmt: skip
     render(job)
     assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))
 
 
 def test_resume_checkpoint_stores_the_job(tmp_path, model):
     """A checkpoint written mid-run holds the resolved job; resuming it alone finishes the same video."""
-    whole = render(RenderJob(request(scheduler="dpm++2m", seed=None), output=str(tmp_path / "whole.pt"), **model))
+    whole = render(
+        RenderJob(
+            request(scheduler="dpm++2m", seed=None), output=str(tmp_path / "whole.pt"), load=LoadSettings(**model)
+        )
+    )
     seed = whole.job.request.seed
     job = RenderJob(request(scheduler="dpm++2m", seed=seed), output=str(tmp_path / "run.safetensors"),
-                    checkpoint_every=2, **model)  # fmt: skip
+                    checkpoint_every=2, load=LoadSettings(**model))  # fmt: skip
     checkpoint = tmp_path / "run.safetensors.resume.safetensors"
     calls = []
 
@@ -128,36 +140,36 @@ def test_accelerators_equal_the_cli(tmp_path, model, flags):
     pab = ["--pab", "--pab-cross", "4", "--deep-cache", "2"]
     assert cli("generate", "a cat", *flags, *pab, "-o", tmp_path / "cli.safetensors") == 0
     job = RenderJob(request(), pab=PABConfig(cross_skip=4), deep_cache=DeepCacheConfig(skip=2),
-                    output=str(tmp_path / "api.safetensors"), **model)  # fmt: skip
+                    output=str(tmp_path / "api.safetensors"), load=LoadSettings(**model))  # fmt: skip
     render(job)
     assert torch.equal(latents(tmp_path / "cli.safetensors"), latents(tmp_path / "api.safetensors"))
     assert cli("generate", "a cat", *flags, "--fast", "-o", tmp_path / "fast.safetensors") == 0
-    render(RenderJob(request(), fast=True, output=str(tmp_path / "api-fast.safetensors"), **model))
+    render(RenderJob(request(), fast=True, output=str(tmp_path / "api-fast.safetensors"), load=LoadSettings(**model)))
     assert torch.equal(latents(tmp_path / "fast.safetensors"), latents(tmp_path / "api-fast.safetensors"))
     assert not torch.equal(latents(tmp_path / "fast.safetensors"), latents(tmp_path / "cli.safetensors"))
 
 
 def test_a_warm_pipeline_is_reused_and_accelerators_do_not_leak(tmp_path, model):
     renderer = Renderer()
-    plain = renderer.render(RenderJob(request(), output=str(tmp_path / "a.pt"), **model))
-    renderer.render(RenderJob(request(), fast=True, output=str(tmp_path / "b.pt"), **model))
-    again = renderer.render(RenderJob(request(), output=str(tmp_path / "c.pt"), **model))
+    plain = renderer.render(RenderJob(request(), output=str(tmp_path / "a.pt"), load=LoadSettings(**model)))
+    renderer.render(RenderJob(request(), fast=True, output=str(tmp_path / "b.pt"), load=LoadSettings(**model)))
+    again = renderer.render(RenderJob(request(), output=str(tmp_path / "c.pt"), load=LoadSettings(**model)))
     assert renderer.loads == 1 and again.reused_pipeline and not renderer.pipe.accelerators
     assert torch.equal(plain.latents, again.latents)
 
 
 def test_video_output_and_checks_before_loading(tmp_path, model):
-    result = render(RenderJob(request(), output=str(tmp_path / "v.gif"), fps=10, **model))
+    result = render(RenderJob(request(), output=str(tmp_path / "v.gif"), fps=10, load=LoadSettings(**model)))
     assert result.frames_written == 8 and not result.is_latents
     with Image.open(tmp_path / "v.gif") as gif:
         assert (gif.n_frames, gif.size, gif.info["duration"]) == (8, (64, 64), 100)
     bad = {"model": "/nonexistent"}  # never loaded: each error comes first
     for job, text in [
-        (RenderJob(request(), output=str(tmp_path / "v.gif"), **bad), "--output: "),
-        (RenderJob(request(denoising_end=0.5), output=str(tmp_path / "x.gif"), **bad), "go to .pt"),
-        (RenderJob(request(), fps=float("nan"), output=str(tmp_path / "y.gif"), **bad), "--fps"),
-        (RenderJob(request(), pab=PABConfig(spatial_skip=0), **bad), "--pab-spatial"),
-        (RenderJob(request(), pab=PABConfig(spatial_range=(800, 100)), **bad), "--pab-range"),
+        (RenderJob(request(), output=str(tmp_path / "v.gif"), load=LoadSettings(**bad)), "--output: "),
+        (RenderJob(request(denoising_end=0.5), output=str(tmp_path / "x.gif"), load=LoadSettings(**bad)), "go to .pt"),
+        (RenderJob(request(), fps=float("nan"), output=str(tmp_path / "y.gif"), load=LoadSettings(**bad)), "--fps"),
+        (RenderJob(request(), pab=PABConfig(spatial_skip=0), load=LoadSettings(**bad)), "--pab-spatial"),
+        (RenderJob(request(), pab=PABConfig(spatial_range=(800, 100)), load=LoadSettings(**bad)), "--pab-range"),
     ]:
         with pytest.raises(VidiffError, match=text):
             render(job)
@@ -173,7 +185,39 @@ def test_snapshot_before_a_run_is_a_clear_error(sd1_folder):
 def test_decode_file(tmp_path, model):
     from vidiff import decode_file
 
-    render(RenderJob(request(), output=str(tmp_path / "a.safetensors"), **model))
+    render(RenderJob(request(), output=str(tmp_path / "a.safetensors"), load=LoadSettings(**model)))
     count, denoised = decode_file(str(tmp_path / "a.safetensors"), model["model"], str(tmp_path / "a.mp4"))
     assert (count, denoised) == (8, 1.0) and (tmp_path / "a.mp4").stat().st_size > 0
     assert json.loads(json.dumps(RenderJob(request()).to_dict()))["request"]["prompt"] == "a cat"
+
+
+def test_flat_options_make_the_same_job_as_the_flags(tmp_path):
+    """`job_from_options` reads a flat job's keys as `vidiff generate` reads its flags (types, choices, switches,
+    repeatable and two-valued flags); unknown keys and bad values name the key; `false` turns a switch off."""
+    from vidiff.cli import build_parser
+    from vidiff.options import job_from_args, job_from_options
+
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"")
+    flags = ["a cat", "--frames", "24", "--lora", f"{lora}:0.5", "--lora", str(lora), "--pab", "--pab-range", "50",
+             "700", "--no-t5", "--loop", "--prompt-travel", "0: a cat | 20: a dog", "--deep-cache", "--compile",
+             "--guidance-rescale", "0.7", "--context-length", "12"]  # fmt: skip
+    want = job_from_args(build_parser().parse_args(["generate", *flags]))
+    options = {"prompt": "a cat", "frames": 24, "lora": [f"{lora}:0.5", str(lora)], "pab": True, "pab_range": [50, 700],
+               "no-t5": True, "loop": True, "prompt_travel": "0: a cat | 20: a dog", "deep_cache": 3,
+               "compile": True, "guidance_rescale": 0.7, "context-length": "12", "overwrite": False}  # fmt: skip
+    got = job_from_options(options)
+    assert got == want and got.load.loras == (f"{lora}:0.5", str(lora)) and got.request.context_schedule == "looped"
+    assert got.load.compile_backend == "inductor" and got.pab.spatial_range == (50, 700)
+    defaults = build_parser().parse_args(["generate", "x", "--overwrite", "--lora", str(lora)])
+    assert job_from_options({"prompt": "a", "overwrite": False, "lora": []}, defaults).overwrite is False
+    assert job_from_options({"prompt": "a"}, defaults).load.loras == (str(lora),)
+    for options, message in [
+        ({"prompt": "a", "colour": "red"}, "job: unknown option 'colour'"),
+        ({"prompt": "a", "steps": "many"}, "job: steps: 'many' is not a valid value"),
+        ({"prompt": "a", "scheduler": ["ddim"]}, "job: scheduler: ['ddim'] is not a valid value (expected a single"),
+        ({"prompt": "a", "frames": True}, "job: frames: True is not a valid value"),
+        ({"prompt": "a", "context_fuse": "max"}, "job: context_fuse: 'max' is not a valid value"),
+    ]:
+        with pytest.raises(InvalidArgument, match=re.escape(message)):
+            job_from_options(options)

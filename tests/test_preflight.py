@@ -17,11 +17,11 @@ FACTOR = 2.0  # the estimate (weights + denoising + decoding) is within this fac
 
 MEASURE = """
 import json, sys
-from vidiff import GenerationRequest, RenderJob
+from vidiff import GenerationRequest, LoadSettings, RenderJob
 from vidiff.renderer import Renderer
 size, frames, extra = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])  # extra: dtype, model
 request = GenerationRequest("a red circle moving right", frames=frames, steps=2, seed=0, height=size, width=size)
-job = RenderJob(request, output=sys.argv[4], **extra)
+job = RenderJob(request, output=sys.argv[4], load=LoadSettings(**extra))
 renderer = Renderer()
 est = renderer.preflight(job)
 result = renderer.render(job)

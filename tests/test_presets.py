@@ -6,7 +6,7 @@ import torch
 from diffusers import AnimateDiffPipeline, EulerDiscreteScheduler, LCMScheduler, MotionAdapter
 from safetensors.torch import save_file
 
-from vidiff import GenerationRequest, RenderJob, render
+from vidiff import GenerationRequest, LoadSettings, RenderJob, render
 from vidiff.presets import module_steps
 
 TOL = 1e-4  # float32 latents
@@ -26,8 +26,8 @@ def diffusers_latents(sd1_folder, adapter_folder, scheduler, steps, guidance, lo
 
 def job(motion_module, preset, tmp_path, **extra) -> RenderJob:
     request = GenerationRequest("a cat", frames=4, height=64, width=64, seed=3)
-    return RenderJob(request, motion_module=str(motion_module), preset=preset, dtype="float32", groupnorm="diffusers",
-                     output=str(tmp_path / f"{preset}.pt"), **extra)  # fmt: skip
+    load = LoadSettings(motion_module=str(motion_module), dtype="float32", groupnorm="diffusers", **extra)
+    return RenderJob(request, load=load, preset=preset, output=str(tmp_path / f"{preset}.pt"))
 
 
 def test_lightning(tmp_path, sd1_folder, adapter_folder):
@@ -68,7 +68,7 @@ def test_animatelcm(tmp_path, sd1_folder, adapter_folder):
     result = render(job(adapter_folder, "animatelcm", tmp_path, model=str(sd1_folder), loras=[str(lora)]))
     r = result.job.request
     assert (r.scheduler, r.beta_schedule, r.guidance_scale, r.steps) == ("lcm", "linear", 1.5, 6)
-    assert result.job.loras == [f"{lora}:0.8"]
+    assert result.job.load.loras == (f"{lora}:0.8",)
     lcm = lambda c: LCMScheduler.from_config(c, beta_schedule="linear")  # noqa: E731
     want = diffusers_latents(sd1_folder, adapter_folder, lcm, 6, 1.5, lora=lora)
     assert (result.latents - want).abs().max() <= TOL

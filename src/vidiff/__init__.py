@@ -16,12 +16,14 @@ if TYPE_CHECKING:
     from .pipeline import Timings, VideoOutput, VideoPipeline
     from .renderer import Renderer, decode_file, render
     from .request import GenerationRequest
+    from .settings import LoadSettings
     from .sources import Source
 
 _WHERE = {
     "DeepCacheConfig": "accel.configs",
     "PABConfig": "accel.configs",
     "GenerationRequest": "request",
+    "LoadSettings": "settings",
     "RenderJob": "job",
     "RenderResult": "job",
     "Renderer": "renderer",
@@ -38,6 +40,7 @@ __all__ = [
     "GenerationRequest",
     "InvalidArgument",
     "LoadError",
+    "LoadSettings",
     "OutputExists",
     "PABConfig",
     "RenderInterrupted",

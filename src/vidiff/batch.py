@@ -26,11 +26,11 @@ from pathlib import Path
 from . import checks
 from .errors import InvalidArgument, VidiffError
 from .job import RenderJob, slug
+from .options import ALIASES, LIST_FLAGS
 from .outputs import check_name_length, writable_folder
 
 MANIFEST = "manifest.jsonl"
 TEMPLATE = "{index}-{prompt_slug}-{seed}.mp4"
-LIST_OPTIONS = ("loras", "motion_loras", "pab_range")  # options whose value is itself a list
 MAX_JOBS = 100_000  # a batch (after its grids and sweeps) holds at most this many jobs
 
 
@@ -127,70 +127,21 @@ def expand(job: dict, sweeps: list[tuple[str, list]]) -> list[dict]:
 
 def _list_option(key: str, value: list) -> bool:
     """A list that is the value of a list option (not a grid of them, which is a list of lists)."""
-    return _dest(key) in LIST_OPTIONS and not any(isinstance(v, list) for v in value)
-
-
-def _dest(key: str) -> str:
     key = key.replace("-", "_")
-    return {"lora": "loras", "motion_lora": "motion_loras"}.get(key, key)
+    return ALIASES.get(key, key) in LIST_FLAGS and not any(isinstance(v, list) for v in value)
 
 
 # 2. Options -> render jobs ---------------------------------------------------------------------------------
 
 
-def job_parser() -> argparse.ArgumentParser:
-    """`vidiff generate`'s parser: a job's keys are its options."""
-    from .options import add_generate_arguments
-
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("prompt", nargs="?")
-    parser.add_argument("-o", "--output")
-    add_generate_arguments(parser)
-    return parser
-
-
-def defaults_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+def defaults_from(args: argparse.Namespace) -> argparse.Namespace:
     """The generate options given to `vidiff batch` (its defaults for every job)."""
+    from .options import option_parser
+
     if getattr(args, "resume", None):
         raise InvalidArgument("--resume", "resumes one render; a batch resumes through its manifest")
-    base = vars(parser.parse_args([]))
+    base = vars(option_parser().parse_args([]))
     return argparse.Namespace(**{k: getattr(args, k, v) for k, v in base.items()} | {"prompt": None, "output": None})
-
-
-def apply_options(defaults: argparse.Namespace, options: dict, parser: argparse.ArgumentParser, where: str):
-    """`defaults` with `options` set through the generate parser's own types and choices."""
-    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
-    args = argparse.Namespace(**vars(defaults))
-    for key, value in options.items():
-        dest = _dest(key)
-        action = actions.get(dest)
-        if action is None or dest in ("output", "resume"):
-            raise InvalidArgument("JOBS", f"{where}: unknown option {key!r}")
-        setattr(args, dest, _convert(action, value, f"{where}: {key}"))
-    return args
-
-
-def _convert(action: argparse.Action, value, where: str):
-    if isinstance(action, argparse._StoreConstAction):  # store_true / store_false / store_const
-        if not isinstance(value, bool):
-            raise InvalidArgument("JOBS", f"{where}: expected true or false, got {value!r}")
-        return action.const if value else action.default
-    many = isinstance(action, argparse._AppendAction) or action.nargs not in (None, "?")
-    values = value if isinstance(value, list) else [value]
-    if not many and isinstance(value, list):
-        raise InvalidArgument("JOBS", f"{where}: expected one value, got a list")
-    out = []
-    for v in values:
-        if isinstance(v, (dict, list)) or v is None:
-            raise InvalidArgument("JOBS", f"{where}: unexpected value {v!r}")
-        try:
-            v = action.type(str(v)) if action.type is not None else str(v)
-        except (TypeError, ValueError):
-            raise InvalidArgument("JOBS", f"{where}: {v!r} is not a valid value") from None
-        if action.choices is not None and v not in action.choices:
-            raise InvalidArgument("JOBS", f"{where}: {v!r} is not one of {', '.join(map(str, action.choices))}")
-        out.append(v)
-    return out if many else out[0]
 
 
 def _derived_seed(options: dict, index: int) -> int:
@@ -201,7 +152,6 @@ def _derived_seed(options: dict, index: int) -> int:
 def plan(
     jobs: list[dict],
     defaults: argparse.Namespace,
-    parser: argparse.ArgumentParser,
     outdir: str,
     template: str = TEMPLATE,
     sweeps: list[tuple[str, list]] = (),
@@ -215,7 +165,7 @@ def plan(
         for options in [body] if "request" in body else expand(body, list(sweeps)):
             index = len(items)
             try:
-                job, fields = _job(options, defaults, parser, index, where)
+                job, fields = _job(options, defaults, index, where)
                 name = _name(template, fields | {"index": index, "seed": job.request.seed}, index, names)
                 job = replace(job, output=str(Path(outdir) / name))
                 check_name_length(job.output)
@@ -230,21 +180,24 @@ def plan(
     return items
 
 
-def _job(options: dict, defaults, parser, index: int, where: str) -> tuple[RenderJob, dict]:
+def _job(options: dict, defaults: argparse.Namespace, index: int, where: str) -> tuple[RenderJob, dict]:
     """The render job of one line's options (a seed derived when it has none), and the fields a name template
     may use."""
-    from .options import job_from_args
+    from .options import job_from_options
 
     if "request" in options:
         job = RenderJob.from_dict(options)
-        if job.request.seed is None:
-            job = replace(job, request=replace(job.request, seed=_derived_seed(options, index)))
-        fields = {k: v for k, v in job.to_dict().items() if k != "request"} | asdict(job.request)
+    elif "resume" in options:
+        raise InvalidArgument("JOBS", f"{where}: unknown option 'resume' (a batch resumes through its manifest)")
     else:
-        args = apply_options(defaults, options, parser, where)
-        if args.seed is None:
-            args.seed = _derived_seed(options, index)
-        job, fields = job_from_args(args), vars(args)
+        try:
+            job = job_from_options(options, defaults)
+        except InvalidArgument as e:
+            raise InvalidArgument("JOBS", f"{where}: {e.message}") if e.argument == "job" else e from None
+    if job.request.seed is None:
+        job = replace(job, request=replace(job.request, seed=_derived_seed(options, index)))
+    fields = {k: v for k, v in job.to_dict().items() if k not in ("request", "load")}
+    fields |= asdict(job.load) | asdict(job.request)
     return job, fields | {"prompt_slug": slug(job.request.prompt or "", 40)}
 
 
@@ -306,8 +259,8 @@ def by_model(items: list[Item]) -> list[Item]:
     """Jobs ordered so each model loads once (stable: first appearance of each model, then job order)."""
     first: dict[tuple, int] = {}
     for item in items:
-        first.setdefault(item.job.pipeline_key, len(first))
-    return sorted(items, key=lambda i: first[i.job.pipeline_key])
+        first.setdefault(item.job.load, len(first))
+    return sorted(items, key=lambda i: first[i.job.load])
 
 
 def render_one(renderer, item: Item) -> dict:

@@ -19,6 +19,7 @@ from .options import (
     add_train_arguments,
     fields_from,
     job_from_args,
+    load_from_args,
 )
 
 
@@ -119,7 +120,7 @@ def generate(args: argparse.Namespace) -> None:
             print(f"vidiff: interrupted; resume with: {command}", file=sys.stderr)
         raise
     run = result.job
-    print(f"loaded {run.model} in {result.timings.load:.1f} s")
+    print(f"loaded {run.load.model} in {result.timings.load:.1f} s")
     for note in result.notes:
         print(note)
     if result.is_latents:
@@ -196,16 +197,15 @@ def eval_demo(args: argparse.Namespace) -> None:
     from .demo.evaluate import evaluate, noise_independence, summarize, table
     from .pipeline import VideoPipeline
 
-    rows, independence = {}, {}
-    for name in (m.strip() for m in args.modes.split(",")):
+    rows, independence, modes = {}, {}, {}
+    for name in (m.strip() for m in args.modes.split(",")):  # every mode checked before the first loads
         mode, _, extra = name.partition("+")
         if extra not in ("", "pab", "fast"):
             raise InvalidArgument("--modes", f"unknown suffix +{extra} in {name!r} (+pab or +fast)")
-        pipe = VideoPipeline.from_pretrained(
-            args.model, args.motion_module, args.dtype, args.device, mode, args.frame_noise, args.frame_batch,
-            use_t5=not args.no_t5, groupnorm=args.groupnorm, loras=args.loras, motion_loras=args.motion_loras,
-            vae=args.vae,
-        )  # fmt: skip
+        modes[name] = (load_from_args(args, mode=mode), extra)
+        modes[name][0].validate()
+    for name, (settings, extra) in modes.items():
+        pipe = VideoPipeline.from_pretrained(settings)
         if extra:
             pipe.enable_cache(*([PABConfig()] if extra == "pab" else []))
         results = []
@@ -225,16 +225,15 @@ def eval_demo(args: argparse.Namespace) -> None:
 
 
 def batch(args: argparse.Namespace) -> int:
-    from .batch import Manifest, check_threads, defaults_from, job_parser, parse_sweep, plan, read_jobs, run_local
+    from .batch import Manifest, check_threads, defaults_from, parse_sweep, plan, read_jobs, run_local
     from .cluster import RayOptions
 
     check_threads(args.threads)
     ray = RayOptions(args.ray, args.worker_cpus, args.worker_gpus) if args.ray else None
     if ray is not None:
         ray.validate()
-    parser = job_parser()
     sweeps = [parse_sweep(s) for s in args.sweep]
-    items = plan(read_jobs(args.jobs), defaults_from(args, parser), parser, args.output, args.name_template, sweeps)
+    items = plan(read_jobs(args.jobs), defaults_from(args), args.output, args.name_template, sweeps)
     if args.dry_run:
         print(f"{len(items)} jobs planned into {args.output}")
         return 0

@@ -36,7 +36,7 @@ def route(items: list[Item], workers: int) -> list[list[Item]]:
     buys a parallel worker)."""
     groups: dict[tuple, list[Item]] = {}
     for item in items:
-        groups.setdefault(item.job.pipeline_key, []).append(item)
+        groups.setdefault(item.job.load, []).append(item)
     queues: list[list[Item]] = [[] for _ in range(workers)]
     for group in sorted(groups.values(), key=len, reverse=True):
         min(queues, key=len).extend(group)

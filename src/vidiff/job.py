@@ -16,18 +16,11 @@ from . import checks
 from .accel.configs import DeepCacheConfig, PABConfig
 from .errors import InvalidArgument
 from .image_seeds import parse_image_seed
-from .names import (
-    DEFAULT_FRAME_NOISE,
-    DEVICE_KINDS,
-    DTYPE_NAMES,
-    GROUPNORM_MODES,
-    LATENT_SUFFIXES,
-    MODES,
-    PRESET_NAMES,
-    is_latents_path,
-)
+from .names import LATENT_SUFFIXES, PRESET_NAMES, is_latents_path
 from .outputs import check_fps, check_output, writable_folder
 from .request import DEFAULT_FRAMES, GenerationRequest
+from .settings import FLAGS as LOAD_FLAGS
+from .settings import LoadSettings
 from .travel import check_travel
 
 if TYPE_CHECKING:
@@ -43,24 +36,12 @@ class RenderJob:
     """One video: the model, what to make (`request`), where it starts, how fast, where it goes."""
 
     request: GenerationRequest
-    model: str = "demo"  # folder, hub id, `demo` or `tiny-random`
-    motion_module: str | None = None
-    mode: str = "motion"  # or "sequential": frame by frame
-    frame_noise: float = DEFAULT_FRAME_NOISE
-    frame_batch: int | None = None
-    use_t5: bool = True
-    groupnorm: str = "auto"  # AnimateDiff GroupNorm: as trained by the original code, or as diffusers runs it
-    loras: list[str] = field(default_factory=list)  # "FILE" or "FILE:SCALE", on the image model
-    motion_loras: list[str] = field(default_factory=list)  # the same, on the motion modules
-    vae: str | None = None  # replace the model's VAE (a diffusers folder or an original-layout file)
-    dtype: str = "auto"
-    device: str = "cpu"
+    load: LoadSettings = field(default_factory=LoadSettings)  # the model and how it loads
     preset: str | None = None  # few-step settings ("lightning", "animatelcm") for what the request leaves open
     image_seeds: str | None = None  # dgenerate's grammar: "latents: f.pt", "src", "src;mask=m.png", ...
     pab: PABConfig | None = None
     deep_cache: DeepCacheConfig | None = None
     fast: bool = False  # the backbone's best measured accelerators (its spec's `fast`)
-    compile_backend: str | None = None  # torch.compile the backbone with this backend
     output: str | None = None  # .gif/.mp4/.webp, folder/ (PNG frames), .pt/.pth/.safetensors; None: named
     fps: float = 8.0
     decode_chunk_size: int = 8
@@ -76,41 +57,19 @@ class RenderJob:
         if not isinstance(self.request, GenerationRequest):
             raise InvalidArgument("request", f"must be a GenerationRequest, got {type(self.request).__name__}")
         self.request.validate()
-        c.text("--model", self.model, empty=False)
-        for flag, path in (("--motion-module", self.motion_module), ("--vae", self.vae), ("--resume", self.resume)):
-            if path is not None:
-                c.existing(flag, path)
-        c.choice("--mode", self.mode, MODES)
-        if self.mode == "sequential" and (self.motion_module or self.motion_loras):
-            flag = "--motion-module" if self.motion_module else "--motion-lora"
-            raise InvalidArgument(flag, "has no use in --mode sequential (each frame is denoised by the image model "
-                                  "alone); drop it, or use --mode motion")  # fmt: skip
-        c.number("--frame-noise", self.frame_noise, 0)
-        if self.frame_batch is not None:
-            c.integer("--frame-batch", self.frame_batch, 1)
-        c.choice("--groupnorm", self.groupnorm, GROUPNORM_MODES)
-        for flag, specs in (("--lora", self.loras), ("--motion-lora", self.motion_loras)):
-            if not isinstance(specs, list | tuple):
-                raise InvalidArgument(flag, f"must be a list of FILE[:SCALE], got {specs!r}")
-            for spec in specs:
-                c.existing(flag, c.weighted_file(flag, spec)[0])
-        c.choice("--dtype", self.dtype, DTYPE_NAMES, "dtype")
-        c.choice("--device", c.text("--device", self.device).split(":")[0], DEVICE_KINDS, "device")
+        if not isinstance(self.load, LoadSettings):
+            raise InvalidArgument("load", f"must be a LoadSettings, got {type(self.load).__name__}")
+        self.load.validate()
+        if self.resume is not None:
+            c.existing("--resume", self.resume)
         if self.preset is not None:
             c.choice("--preset", self.preset, PRESET_NAMES)
-        for flag, value in (
-            ("--use-t5", self.use_t5),
-            ("--fast", self.fast),
-            ("--overwrite", self.overwrite),
-            ("--force", self.force),
-        ):
+        for flag, value in (("--fast", self.fast), ("--overwrite", self.overwrite), ("--force", self.force)):
             if not isinstance(value, bool):
                 raise InvalidArgument(flag, f"must be true or false, got {value!r}")
         for config in (self.pab, self.deep_cache):
             if config is not None:
                 config.validate()
-        if self.compile_backend is not None:
-            c.text("--compile-backend", self.compile_backend, empty=False)
         seed = parse_image_seed(c.text("--image-seeds", self.image_seeds)) if self.image_seeds is not None else None
         starts_from_latents = self.resume is not None or (seed is not None and seed.latents is not None)
         if self.request.denoising_start is not None and not starts_from_latents:
@@ -154,6 +113,10 @@ class RenderJob:
             raise InvalidArgument("job", f"request: unknown keys {', '.join(unknown)}" if unknown else
                                   "request: needs a prompt")  # fmt: skip
         data["request"] = GenerationRequest(**request)
+        if data.get("load") is not None:
+            if not isinstance(data["load"], dict):
+                raise InvalidArgument("job", f"'load' must be an object of LoadSettings fields, got {data['load']!r}")
+            data["load"] = LoadSettings.from_dict(data["load"])
         for key, config in (("pab", PABConfig), ("deep_cache", DeepCacheConfig)):
             if data.get(key) is not None:
                 data[key] = config(**{k: tuple(v) if isinstance(v, list) else v for k, v in data[key].items()})
@@ -165,13 +128,6 @@ class RenderJob:
     @classmethod
     def from_json(cls, text: str) -> RenderJob:
         return cls.from_dict(json.loads(text))
-
-    @property
-    def pipeline_key(self) -> tuple:
-        """Jobs with the same key run on the same loaded pipeline."""
-        return (self.model, self.motion_module, self.mode, self.frame_noise, self.frame_batch, self.use_t5,
-                self.groupnorm, tuple(self.loras), tuple(self.motion_loras), self.vae, self.dtype, self.device,
-                self.compile_backend)  # fmt: skip
 
 
 @dataclass
@@ -193,8 +149,8 @@ class RenderResult:
         return is_latents_path(str(self.output))
 
 
-FLAGS = {"prompt": "prompt", "strength": "--image-seed-strength", "loras": "--lora", "motion_loras": "--motion-lora",
-         "use_t5": "--no-t5", "pab": "--pab", "deep_cache": "--deep-cache", "compile_backend": "--compile"}  # fmt: skip
+FLAGS = {"prompt": "prompt", "strength": "--image-seed-strength", "pab": "--pab", "deep_cache": "--deep-cache"}
+FLAGS |= LOAD_FLAGS
 RESUME_MAY_CHANGE = (
     "request",
     "output",
@@ -210,15 +166,19 @@ RESUME_MAY_CHANGE = (
 def check_resume(given: RenderJob, saved: RenderJob) -> None:
     """Refuse, naming the flag, any option given with --resume (one that differs from its default) that
     contradicts the job the checkpoint saved; where the video goes and how it is written may change."""
-    pairs = [(f.name, getattr(given.request, f.name), getattr(saved.request, f.name), f.default)
-             for f in fields(GenerationRequest) if f.name != "prompt"]  # fmt: skip
+    pairs = _pairs(given.request, saved.request, ("prompt",))
     pairs.append(("prompt", given.request.prompt, saved.request.prompt, ""))
-    pairs += [(f.name, getattr(given, f.name), getattr(saved, f.name), _default(f))
-              for f in fields(RenderJob) if f.name not in RESUME_MAY_CHANGE]  # fmt: skip
+    pairs += _pairs(given.load, saved.load) + _pairs(given, saved, (*RESUME_MAY_CHANGE, "load"))
     for name, value, kept, default in pairs:
         if value != default and value != kept:
             flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
             raise InvalidArgument(flag, f"{value!r} contradicts the resumed job's {kept!r}; leave it out to resume")
+
+
+def _pairs(given, saved, skip: tuple[str, ...] = ()) -> list[tuple]:
+    """(name, given value, saved value, default) for each dataclass field not in `skip`."""
+    return [(f.name, getattr(given, f.name), getattr(saved, f.name), _default(f)) for f in fields(given)
+            if f.name not in skip]  # fmt: skip
 
 
 def _default(f):

@@ -22,6 +22,7 @@ from .names import (
     TRAIN_STAGES,
 )
 from .request import GenerationRequest
+from .settings import LoadSettings
 from .travel import parse_travel
 
 DEFAULT_MODEL = "demo"
@@ -200,11 +201,72 @@ def job_from_args(args: argparse.Namespace):
     pab = PABConfig(args.pab_spatial, args.pab_temporal, args.pab_cross, span, span, span)
     pab.validate()  # given without --pab, the --pab-* flags are still checked
     return RenderJob(
-        **fields_from(args, RenderJob, request=GenerationRequest(**given), use_t5=not args.no_t5),
+        **fields_from(args, RenderJob, request=GenerationRequest(**given)),
+        load=load_from_args(args, compile_backend=args.compile_backend if args.compile else None),
         pab=pab if args.pab else None,
         deep_cache=DeepCacheConfig(args.deep_cache) if args.deep_cache is not None else None,
-        compile_backend=args.compile_backend if args.compile else None,
     )
+
+
+def load_from_args(args: argparse.Namespace, **values) -> LoadSettings:
+    """The LoadSettings of `add_model_arguments`' flags, then `values`."""
+    return LoadSettings(**fields_from(args, LoadSettings, use_t5=not args.no_t5) | values)
+
+
+class _OptionParser(argparse.ArgumentParser):
+    """An argument parser whose errors raise InvalidArgument (a job's options are not a command line)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise InvalidArgument("option", message)
+
+
+def option_parser() -> argparse.ArgumentParser:
+    """`vidiff generate`'s options, without the prompt and the output: what a flat job's keys may name."""
+    parser = _OptionParser(add_help=False, exit_on_error=False)
+    add_generate_arguments(parser)
+    return parser
+
+
+ALIASES = {"lora": "loras", "motion_lora": "motion_loras"}  # a flag whose value is kept under another name
+APPENDED = ("loras", "motion_loras")  # repeatable flags: a list is one flag per item
+LIST_FLAGS = (*APPENDED, "pab_range")  # options whose value is itself a list
+
+
+def job_from_options(options: dict, defaults: argparse.Namespace | None = None):
+    """The RenderJob of a flat job: `vidiff generate`'s flags as keys without the dashes ({"prompt": ...,
+    "frames": 16, "lora": ["a.safetensors:0.8"], "pab": true, "context-length": 12}), read by the generate
+    parser's own types and choices over `defaults` (a Namespace of the same options, e.g. `vidiff batch`'s)."""
+    parser = option_parser()
+    known = vars(parser.parse_args([]))
+    args = argparse.Namespace(**(known | {"prompt": None} | vars(defaults or argparse.Namespace())))
+    for key, value in options.items():
+        name = key.replace("-", "_")
+        dest = ALIASES.get(name, name)
+        if dest == "prompt":
+            args.prompt = value
+            continue
+        if dest not in known:
+            raise InvalidArgument("job", f"unknown option {key!r}")
+        if dest in APPENDED:
+            setattr(args, dest, [])  # the job's list replaces the defaults'
+        try:
+            parser.parse_args(_argv("--" + name.replace("_", "-"), dest, value), namespace=args)
+        except (argparse.ArgumentError, InvalidArgument) as e:
+            raise InvalidArgument("job", f"{key}: {value!r} is not a valid value ({e.message})") from None
+        if value is False:  # an off switch: the flag's own default, whatever `defaults` said
+            setattr(args, dest, parser.get_default(dest))
+    return job_from_args(args)
+
+
+def _argv(flag: str, dest: str, value) -> list[str]:
+    """The command-line words of one option's value (a list: one flag per item for repeatable flags)."""
+    if isinstance(value, bool):
+        return [flag]  # false: checked as a switch, then reset by the caller
+    if value is None or isinstance(value, dict) or (isinstance(value, list) and dest not in LIST_FLAGS):
+        raise InvalidArgument("option", "expected a single value")
+    if isinstance(value, list):
+        return [f"{flag}={v}" for v in value] if dest in APPENDED else [flag, *map(str, value)]
+    return [f"{flag}={value}"]
 
 
 def fields_from(args: argparse.Namespace, cls, **values) -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -24,9 +24,8 @@ from .free_init import low_pass, reinitialize
 from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
-from .lora import Lora
 from .memory import clock
-from .names import DEFAULT_FRAME_NOISE, GROUPNORM_MODES, MODES
+from .names import GROUPNORM_MODES, MODES
 from .request import GenerationRequest
 from .schedules import (
     add_noise,
@@ -38,6 +37,7 @@ from .schedules import (
     scheduler_state,
     timesteps_for,
 )
+from .settings import LoadSettings
 from .sources import Source, resolve_source
 from .specs import BackboneSpec, detect
 from .travel import interpolate
@@ -111,46 +111,35 @@ class VideoPipeline:
         self.run: Run | None = None  # the last generation
 
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str,
-        motion_module: str | None = None,
-        dtype: str = "auto",
-        device: str = "cpu",
-        mode: str = "motion",
-        frame_noise: float = DEFAULT_FRAME_NOISE,
-        frame_batch: int | None = None,
-        use_t5: bool = True,
-        groupnorm: str = "auto",
-        loras: list[str] = (),
-        motion_loras: list[str] = (),
-        vae: str | None = None,
-        fuse_loras: bool = True,
-    ) -> VideoPipeline:
+    def from_pretrained(cls, model: str | LoadSettings, motion_module: str | None = None, **settings) -> VideoPipeline:
         """Any registered backbone's folder (`specs.py`), hub id, `demo` or `tiny-random`, with its temporal
         weights: an AnimateDiff motion module (folder or original single file) for SD 1.x, vidiff temporal
-        layers (a .safetensors) for SD 3 / 3.5 (T5 optional with `use_t5`).
+        layers (a .safetensors) for SD 3 / 3.5. `model` may be a whole `LoadSettings`; otherwise the keywords
+        are its fields (`dtype`, `device`, `mode`, `groupnorm`, `loras`, `motion_loras`, `vae`, ...).
 
         `dtype="auto"` is bfloat16 on CPUs with native bf16 and on GPUs, float32 elsewhere (`default_dtype`).
         `mode="sequential"` uses the image backbone alone: frames from shared noise plus `frame_noise`, denoised
         independently, `frame_batch` frames per call (default: all). `groupnorm` runs AnimateDiff modules'
         GroupNorms as the original code trained them ("original"), as diffusers does ("diffusers"), or as the
         module records ("auto": released modules original, vidiff-trained ones diffusers). `loras` and
-        `motion_loras` are "FILE" or "FILE:SCALE" specs, fused into the weights; `vae` replaces the VAE.
+        `motion_loras` are "FILE" or "FILE:SCALE" specs, fused into the weights; `vae` replaces the VAE;
+        `compile_backend` compiles the backbone.
         """
-        checks.choice("--groupnorm", groupnorm, GROUPNORM_MODES, "mode")
-        checks.choice("--mode", mode, MODES, "mode")
-        if frame_batch is not None and frame_batch < 1:
-            raise InvalidArgument("--frame-batch", f"must be >= 1, got {frame_batch}")
-        torch_device = resolve_device(device)
-        options = LoadOptions(
-            resolve_dtype(dtype, torch_device), torch_device, motion_module, mode, frame_noise, frame_batch, use_t5,
-            groupnorm, tuple(Lora.parse(s, "--lora") for s in loras),
-            tuple(Lora.parse(s, "--motion-lora") for s in motion_loras), vae, fuse_loras,
-        )  # fmt: skip
-        folder = resolve_model_folder(model)
+        if not isinstance(model, LoadSettings):
+            model = LoadSettings(model, motion_module, **settings)
+        elif motion_module is not None or settings:
+            model = replace(model, **settings, **({"motion_module": motion_module} if motion_module else {}))
+        checks.choice("--groupnorm", model.groupnorm, GROUPNORM_MODES, "mode")
+        checks.choice("--mode", model.mode, MODES, "mode")
+        if model.frame_batch is not None and model.frame_batch < 1:
+            raise InvalidArgument("--frame-batch", f"must be >= 1, got {model.frame_batch}")
+        device = resolve_device(model.device)
+        folder = resolve_model_folder(model.model)
         spec = detect(folder)
-        return cls(spec, spec.build(folder, options))
+        pipe = cls(spec, spec.build(folder, LoadOptions(model, resolve_dtype(model.dtype, device), device)))
+        if model.compile_backend:
+            pipe.compile(model.compile_backend)
+        return pipe
 
     @property
     def timings(self) -> Timings:

@@ -143,8 +143,8 @@ def run_shape(job, figures: ModelFigures, element: int) -> RunShape:
     r = job.request
     frames = r.frames or 16
     windows = context_for(r, frames, figures.frame_table)
-    if job.mode == "sequential":
-        at_once = job.frame_batch or frames
+    if job.load.mode == "sequential":
+        at_once = job.load.frame_batch or frames
     elif windows is None or windows.scope == "motion":  # motion scope: one backbone call over every frame
         at_once = frames
     else:

@@ -46,8 +46,8 @@ def module_steps(motion_module: str | None) -> int | None:
 
 
 def apply_preset(
-    name: str | None, request: GenerationRequest, loras: list[str], motion_module: str | None
-) -> tuple[GenerationRequest, list[str], list[str]]:
+    name: str | None, request: GenerationRequest, loras: tuple[str, ...], motion_module: str | None
+) -> tuple[GenerationRequest, tuple[str, ...], list[str]]:
     """The request and LoRA specs with preset `name`'s settings where they were left open, and a note."""
     if name is None:
         return request, loras, []
@@ -67,7 +67,7 @@ def apply_preset(
     }
     filled = {k: v for k, v in wanted.items() if v is not None and getattr(request, k) is None}
     if preset.lora_scale is not None:
-        loras = [s if Lora.parse(s).path != s else f"{s}:{preset.lora_scale:g}" for s in loras]
+        loras = tuple(s if Lora.parse(s).path != s else f"{s}:{preset.lora_scale:g}" for s in loras)
     said = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in filled.items())
     if "steps" in filled:
         said += f" (from the {source})"

@@ -34,6 +34,7 @@ from .names import is_latents_path
 from .outputs import check_output
 from .pipeline import VideoPipeline
 from .presets import apply_preset
+from .settings import LoadSettings
 
 
 def load_resume(path: str, override: RenderJob | None = None) -> tuple[RenderJob, object]:
@@ -54,23 +55,16 @@ class Renderer:
     """Renders jobs, keeping the last loaded pipeline warm for the next job on the same model."""
 
     def __init__(self) -> None:
-        self.key: tuple | None = None
+        self.key: LoadSettings | None = None
         self.pipe: VideoPipeline | None = None
         self.loads = 0  # pipelines loaded so far
 
     def pipeline(self, job: RenderJob) -> tuple[VideoPipeline, bool]:
         """The pipeline for `job` (loaded, or the warm one) with the job's accelerators; and whether reused."""
-        reused = self.pipe is not None and self.key == job.pipeline_key
+        reused = self.pipe is not None and self.key == job.load
         if not reused:
             self.pipe = None  # free the old model before loading the next
-            pipe = VideoPipeline.from_pretrained(
-                job.model, job.motion_module, job.dtype, job.device, job.mode, job.frame_noise, job.frame_batch,
-                use_t5=job.use_t5, groupnorm=job.groupnorm, loras=job.loras, motion_loras=job.motion_loras,
-                vae=job.vae,
-            )  # fmt: skip
-            if job.compile_backend:
-                pipe.compile(job.compile_backend)
-            self.pipe, self.key = pipe, job.pipeline_key
+            self.pipe, self.key = VideoPipeline.from_pretrained(job.load), job.load
             self.loads += 1
         pipe = self.pipe
         caches = cache_configs(pipe.spec.fast if job.fast else (), job.pab, job.deep_cache)
@@ -83,10 +77,11 @@ class Renderer:
     def preflight(self, job: RenderJob) -> preflight.Estimate:
         """The run's estimated peak memory, from the model's files (no weights loaded); refused with what would
         fit when more than is free (the process's own memory, a warm model included, is counted as in use)."""
-        device = resolve_device(job.device)
-        element = torch.empty((), dtype=resolve_dtype(job.dtype, device)).element_size()
-        extra = tuple(Path(p) for p in (job.motion_module, job.vae) if p)
-        figures = preflight.model_figures(resolve_model_folder(job.model), extra)
+        load = job.load
+        device = resolve_device(load.device)
+        element = torch.empty((), dtype=resolve_dtype(load.dtype, device)).element_size()
+        extra = tuple(Path(p) for p in (load.motion_module, load.vae) if p)
+        figures = preflight.model_figures(resolve_model_folder(load.model), extra)
         run = preflight.run_shape(job, figures, element)
         weights = preflight.weight_bytes_on_disk(list(figures.weight_paths), element)
         est = preflight.estimate(weights, figures, run, device.type == "cpu")
@@ -99,11 +94,11 @@ class Renderer:
         if job.resume is not None:
             job.validate()
             job, resumed = load_resume(job.resume, job)
-        request, loras, notes = apply_preset(job.preset, job.request, job.loras, job.motion_module)
-        job = replace(job, request=request, loras=loras)
+        request, loras, notes = apply_preset(job.preset, job.request, job.load.loras, job.load.motion_module)
+        job = replace(job, request=request, load=replace(job.load, loras=loras))
         job.validate()
         seed = parse_image_seed(job.image_seeds) if job.image_seeds is not None else None
-        resolve_dtype(job.dtype, resolve_device(job.device))
+        resolve_dtype(job.load.dtype, resolve_device(job.load.device))
         # 2. The memory preflight, then load (or reuse) the model and resolve the request and sources against it.
         estimate = 0 if job.force else self.preflight(job).total
         pipe, reused = self.pipeline(job)

@@ -20,6 +20,8 @@ from torch import Tensor, nn
 
 from ..conditioning import Conditioning
 from ..errors import InvalidArgument
+from ..lora import Lora
+from ..settings import LoadSettings
 
 __all__ = ["Conditioning", "FuseFrames", "Loaded", "LoadOptions", "VideoDenoiser", "per_frame"]
 
@@ -29,29 +31,25 @@ FuseFrames = Callable[[Tensor, Callable[[Tensor], Tensor]], Tensor]
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """What a backbone's `build` needs besides the folder."""
+    """What a backbone's `build` needs besides the folder: the job's LoadSettings, dtype and device resolved."""
 
+    settings: LoadSettings
     dtype: torch.dtype
     device: torch.device
-    motion_module: str | None = None  # temporal weights: an AnimateDiff module, vidiff SD 3 temporal layers
-    mode: str = "motion"  # "motion": frames denoised together; "sequential": frame by frame
-    frame_noise: float = 0.05  # sequential: per-frame perturbation of the shared noise
-    frame_batch: int | None = None  # sequential: frames per backbone call
-    use_t5: bool = True  # SD 3: load T5 when the folder has it
-    groupnorm: str = "auto"  # AnimateDiff: "original" (as trained), "diffusers", "auto" (what the module records)
-    loras: tuple = ()  # lora.Lora on the image model (UNet and text encoder), fused at load
-    motion_loras: tuple = ()  # lora.Lora on the motion modules
-    vae: str | None = None  # replace the model's VAE: a diffusers folder or an original-layout file
-    fuse_loras: bool = True  # False keeps live peft layers (the benchmark's unfused row)
+
+    @property
+    def loras(self) -> tuple[Lora, ...]:
+        return tuple(Lora.parse(s, "--lora") for s in self.settings.loras)
+
+    @property
+    def motion_loras(self) -> tuple[Lora, ...]:
+        return tuple(Lora.parse(s, "--motion-lora") for s in self.settings.motion_loras)
 
     def refuse_sd1_only(self, loras: bool = True) -> None:
         """Motion LoRAs and a replacement VAE (and image LoRAs, unless `loras` is False: the backbone takes
         them) apply to Stable Diffusion 1.x models only, for now."""
-        for flag, given in (
-            ("--lora", loras and self.loras),
-            ("--motion-lora", self.motion_loras),
-            ("--vae", self.vae),
-        ):
+        s = self.settings
+        for flag, given in (("--lora", loras and s.loras), ("--motion-lora", s.motion_loras), ("--vae", s.vae)):
             if given:
                 raise InvalidArgument(flag, "applies to Stable Diffusion 1.x models only, for now")
 

@@ -100,19 +100,20 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     start = time.perf_counter()
     require_parts(folder, PARTS, "SD 3")
     options.refuse_sd1_only(loras=False)
+    settings = options.settings
     dtype = options.dtype
-    tokenizers, encoders = load_text_encoders(folder, dtype, options.use_t5)
+    tokenizers, encoders = load_text_encoders(folder, dtype, settings.use_t5)
     transformer = load_part(SD3Transformer2DModel.from_pretrained, folder / "transformer", torch_dtype=dtype)
     vae = load_part(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)
     config = dict(load_part(FlowMatchEulerDiscreteScheduler.load_config, folder / "scheduler"))
     for module in (*[e for e in encoders if e is not None], transformer, vae):
         module.to(options.device).eval().requires_grad_(False)
-    notes = apply_loras(transformer, None, list(options.loras), "--lora", fuse=options.fuse_loras, family="sd3")
-    temporal = SD3TemporalLayers.load(options.motion_module) if options.motion_module else None
-    if temporal is not None and options.mode == "motion":
+    notes = apply_loras(transformer, None, list(options.loras), "--lora", fuse=settings.fuse_loras, family="sd3")
+    temporal = SD3TemporalLayers.load(settings.motion_module) if settings.motion_module else None
+    if temporal is not None and settings.mode == "motion":
         denoiser: VideoDenoiser = SD3Denoiser(transformer, temporal)
     else:
-        denoiser = ImageSequentialDenoiser(SD3Denoiser(transformer), options.frame_noise, options.frame_batch)
+        denoiser = ImageSequentialDenoiser(SD3Denoiser(transformer), settings.frame_noise, settings.frame_batch)
     encoder = SD3PromptEncoder(tokenizers, encoders, transformer.config.joint_attention_dim)
     return Loaded(
         encoder, denoiser, vae, config, transformer.config.sample_size, time.perf_counter() - start, notes=notes

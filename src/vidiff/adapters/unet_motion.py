@@ -143,13 +143,14 @@ class UNetFramesDenoiser(VideoDenoiser):
 def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.Module | None) -> nn.Module:
     """The UNet with its motion modules merged in and its GroupNorms as the module was trained (`groupnorm`),
     or the image UNet alone in sequential mode. `image_unet`: already loaded (from a single file)."""
-    dtype, motion_module = options.dtype, options.motion_module
+    dtype, settings = options.dtype, options.settings
+    motion_module = settings.motion_module
     unet_class = "UNet2DConditionModel"
     if image_unet is None:
         unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
         if motion_module is None and (folder / "motion_adapter").is_dir():
             motion_module = str(folder / "motion_adapter")
-    if options.mode != "motion":
+    if settings.mode != "motion":
         if unet_class == "UNetMotionModel":
             raise LoadError(
                 "--mode", f"{folder}'s UNet has motion modules built in; sequential mode needs an image UNet"
@@ -172,7 +173,7 @@ def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.M
         if module.domain_adapter:  # v3's spatial LoRA, as the original code applies it (scale 1.0)
             merge_original_lora(unet2d, module.domain_adapter, 1.0, "--motion-module")
         unet = merge_motion_unet(unet2d, module.adapter)
-    mode = resolve_mode(options.groupnorm, module.version, module.groupnorm)
+    mode = resolve_mode(settings.groupnorm, module.version, module.groupnorm)
     set_groupnorm(unet, mode, module.version)
     notes.append(f"motion module: {module.describe()}; GroupNorm as in {mode}")
     return unet
@@ -205,13 +206,13 @@ def build(source: Path, options: LoadOptions) -> Loaded:
     from .. import single_file
 
     start = time.perf_counter()
-    dtype, device = options.dtype, options.device
+    dtype, device, settings = options.dtype, options.device, options.settings
     notes: list[str] = []
     if source.is_file():  # CompVis / A1111 / Civitai layout: everything in one file
         checkpoint = single_file.read_checkpoint(source)
         tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER)
         text_encoder = single_file.load_text_encoder(checkpoint, dtype)
-        vae = single_file.load_vae(checkpoint, dtype) if options.vae is None else None
+        vae = single_file.load_vae(checkpoint, dtype) if settings.vae is None else None
         image_unet = single_file.load_unet(checkpoint, dtype)
         scheduler_config = dict(single_file.SD1_SCHEDULER)
         del checkpoint
@@ -222,28 +223,30 @@ def build(source: Path, options: LoadOptions) -> Loaded:
         tokenizer = load_part(CLIPTokenizer.from_pretrained, source / "tokenizer")
         text_encoder = load_part(CLIPTextModel.from_pretrained, source / "text_encoder", dtype=dtype)
         vae = (
-            load_part(AutoencoderKL.from_pretrained, source / "vae", torch_dtype=dtype) if options.vae is None else None
+            load_part(AutoencoderKL.from_pretrained, source / "vae", torch_dtype=dtype)
+            if settings.vae is None
+            else None
         )
         scheduler_config = dict(load_part(DDIMScheduler.load_config, source / "scheduler"))
         image_unet = None
-    if options.vae is not None:
-        vae = _replacement_vae(options.vae, dtype)
-        notes.append(f"VAE from {options.vae}")
+    if settings.vae is not None:
+        vae = _replacement_vae(settings.vae, dtype)
+        notes.append(f"VAE from {settings.vae}")
     unet = _unet(source, options, notes, image_unet)
     if options.loras:
-        notes += apply_loras(unet, text_encoder, list(options.loras), "--lora", fuse=options.fuse_loras)
+        notes += apply_loras(unet, text_encoder, list(options.loras), "--lora", fuse=settings.fuse_loras)
     if options.motion_loras:
-        if options.mode != "motion":
+        if settings.mode != "motion":
             raise InvalidArgument("--motion-lora", "needs motion modules (not --mode sequential)")
         notes += apply_loras(unet, None, list(options.motion_loras), "--motion-lora", motion_only=True)
     for module in (text_encoder, vae, unet):
         module.to(device).eval().requires_grad_(False)
     if device.type == "cpu" and dtype == torch.bfloat16:
         unet.to(memory_format=torch.channels_last)  # bf16 convolutions on CPU: 4-5% faster per step
-    if options.mode == "motion":
+    if settings.mode == "motion":
         denoiser: VideoDenoiser = UNetMotionDenoiser(unet)
     else:
-        denoiser = ImageSequentialDenoiser(UNetFramesDenoiser(unet), options.frame_noise, options.frame_batch)
+        denoiser = ImageSequentialDenoiser(UNetFramesDenoiser(unet), settings.frame_noise, settings.frame_batch)
     encoder = ClipPromptEncoder(tokenizer, text_encoder)
     seconds = time.perf_counter() - start
     return Loaded(encoder, denoiser, vae, scheduler_config, unet.config.sample_size, seconds, notes)

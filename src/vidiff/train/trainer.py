@@ -433,8 +433,10 @@ class SD3MotionStage(Stage):
         from ..adapters.base import LoadOptions
         from ..adapters.sd3_temporal import build
         from ..motion.sd3_temporal import SD3TemporalLayers
+        from ..settings import LoadSettings
 
-        parts = build(cfg.model, LoadOptions(torch.float32, torch.device("cpu"), mode="sequential"))
+        settings = LoadSettings(str(cfg.model), mode="sequential", dtype="float32")
+        parts = build(cfg.model, LoadOptions(settings, torch.float32, torch.device("cpu")))
         self.transformer = parts.denoiser.module
         self.flow = _Flow(cfg, parts.vae, parts.prompt_encoder)
         self.out = cfg.out or cfg.model / "temporal.safetensors"
