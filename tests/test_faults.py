@@ -57,8 +57,8 @@ def test_full_disk_mid_video_leaves_nothing_partial_and_a_checkpoint(tmp_path, m
 def test_sigterm_during_decode_leaves_a_resumable_checkpoint(tmp_path, monkeypatch, capsys, whole, sigterm_handler):
     decode = VideoPipeline.decode
 
-    def decode_then_sigterm(self, latents, chunk_size=8):
-        for i, frames in enumerate(decode(self, latents, chunk_size)):
+    def decode_then_sigterm(self, latents, chunk_size=8, timings=None):
+        for i, frames in enumerate(decode(self, latents, chunk_size, timings)):
             if i == 1:
                 os.kill(os.getpid(), signal.SIGTERM)  # as a cluster scheduler stops a job
             yield frames

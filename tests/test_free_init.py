@@ -21,8 +21,9 @@ def test_equals_diffusers(motion_pipe, sd1_folder, adapter_folder, method):
     ref.enable_free_init(num_iters=2, method=method)
     want = ref("a cat", num_frames=4, height=64, width=64, num_inference_steps=3, output_type="latent",
                generator=torch.Generator("cpu").manual_seed(6)).frames  # fmt: skip
-    got = motion_pipe("a cat", free_init=2, free_init_method=method, **OPTS).latents
-    assert motion_pipe.timings.steps == 6  # both passes
+    out = motion_pipe("a cat", free_init=2, free_init_method=method, **OPTS)
+    got = out.latents
+    assert out.timings.steps == 6  # both passes
     assert (got - want).abs().max() <= TOL
     assert not torch.allclose(got, motion_pipe("a cat", **OPTS).latents, atol=1e-3)  # the second pass changed it
 

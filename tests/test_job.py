@@ -23,6 +23,7 @@ from vidiff import (
     render,
 )
 from vidiff.latents_io import load_latents
+from vidiff.sources import Source
 
 FLAGS = ["--frames", "8", "--steps", "6", "--height", "64", "--width", "64", "--seed", "3", "--quiet"]
 FLAGS += ["--dtype", "float32"]
@@ -175,11 +176,21 @@ def test_video_output_and_checks_before_loading(tmp_path, model):
             render(job)
 
 
-def test_snapshot_before_a_run_is_a_clear_error(sd1_folder):
+def test_runs_are_independent_of_the_pipeline(sd1_folder):
+    """`generate_latents` returns its run (latents, schedule, scheduler and generator state, timings); the
+    pipeline keeps none, so a run snapshotted after another one still holds its own state."""
     pipe = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", dtype="float32")
-    assert pipe.run is None and pipe.timings.steps == 0
-    with pytest.raises(InvalidArgument, match="snapshot: no generation has run yet"):
-        pipe.snapshot(torch.zeros(1, 4, 2, 8, 8))
+    first = pipe.generate_latents(pipe.resolve(request(scheduler="dpm++2m", denoising_end=0.5)), progress=False)
+    alone = pipe.snapshot(first)
+    second = pipe.generate_latents(pipe.resolve(request(steps=4, seed=9)), progress=False)
+    again = pipe.snapshot(first)
+    assert not hasattr(pipe, "run") and second.timings.steps == 4 and first.timings.steps == 3
+    assert torch.equal(alone.latents, again.latents) and again.meta.step == 3 and again.meta.steps == 6
+    assert torch.equal(alone.generator_state, again.generator_state)
+    whole = pipe.generate_latents(pipe.resolve(request(scheduler="dpm++2m")), progress=False).latents
+    rest = pipe(**vars(request(scheduler="dpm++2m", denoising_start=0.5)), source=Source(latents=again),
+                output_type="latent", progress=False).latents  # fmt: skip
+    assert (rest - whole).abs().max() <= 1e-5  # the second run left the first one's scheduler state alone
 
 
 def test_decode_file(tmp_path, model):

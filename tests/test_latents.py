@@ -64,8 +64,9 @@ def test_checks_name_the_file_and_the_mismatch(tmp_path):
 @pytest.mark.parametrize("fraction", [0.3, 0.6])
 def test_split_equals_unsplit(pipe, tmp_path, scheduler, fraction):
     whole = pipe("a cat", scheduler=scheduler, **OPTS).latents
-    first = pipe("a cat", scheduler=scheduler, denoising_end=fraction, **OPTS).latents
-    path = save_latents(tmp_path / "half.safetensors", pipe.snapshot(first))
+    half = pipe("a cat", scheduler=scheduler, denoising_end=fraction, **OPTS)
+    path = save_latents(tmp_path / "half.safetensors", pipe.snapshot(half.run))
+    first = half.latents
     rest = pipe(
         "a cat", scheduler=scheduler, denoising_start=fraction, source=Source(latents=load_latents(path)), **OPTS
     )

@@ -39,9 +39,10 @@ def expected(timesteps: list[float], skip: int, span=(100, 800)) -> tuple[int, i
 def test_off_on_off_and_counts(motion):
     off = motion("a cat", **OPTS).latents
     (pab,) = motion.enable_cache(PABConfig(spatial_skip=2, temporal_skip=3, cross_skip=4))
-    on = motion("a cat", **OPTS).latents
+    out = motion("a cat", **OPTS)
+    on = out.latents
     kinds = attention_kinds(SPECS["sd1"].attention_rules, motion.denoiser.attention_modules())
-    timesteps = motion.run.timesteps.tolist()
+    timesteps = out.run.timesteps.tolist()
     for kind, skip in (("spatial", 2), ("temporal", 3), ("cross", 4)):
         n = sum(1 for k in kinds.values() if k == kind)
         computed, reused = expected(timesteps, skip)
@@ -78,8 +79,9 @@ def test_deep_cache_reuses_inner_unet_blocks(motion):
     assert "mid_block" in deep and len(deep) == len(unet.down_blocks) + len(unet.up_blocks) - 1
     assert DeepCacheConfig().skip == 3 and motion.spec.fast == ("pab", "deep_cache")
     (pab,) = motion.enable_cache(DeepCacheConfig(skip=3))
-    on = motion("a cat", **OPTS).latents
-    computed, reused = expected(motion.run.timesteps.tolist(), 3, (0, 1000))
+    out = motion("a cat", **OPTS)
+    on = out.latents
+    computed, reused = expected(out.run.timesteps.tolist(), 3, (0, 1000))
     assert (pab.state.computed["deep"], pab.state.reused["deep"]) == (len(deep) * computed, len(deep) * reused)
     motion.disable_cache()
     assert torch.equal(motion("a cat", **OPTS).latents, off)

@@ -149,8 +149,8 @@ def test_flow_matching_split_equals_unsplit(seq, tmp_path, fraction):
     from vidiff.pipeline import Source
 
     whole = seq("a cat", **OPTS).latents
-    first = seq("a cat", denoising_end=fraction, **OPTS).latents
-    save_latents(tmp_path / "half.safetensors", seq.snapshot(first))
+    half = seq("a cat", denoising_end=fraction, **OPTS)
+    save_latents(tmp_path / "half.safetensors", seq.snapshot(half.run))
     item = load_latents(tmp_path / "half.safetensors")
     assert item.meta.family == "sd3" and item.meta.latent_channels == 16 and item.meta.scheduler == "flow-euler"
     rest = seq("a cat", denoising_start=fraction, source=Source(latents=item), **OPTS).latents

@@ -120,12 +120,12 @@ def vidiff_row(name: str, label: str, pipe, a, fast: bool = False, steps: int | 
             start = clock(pipe.device)
             options = _settings(a) | settings | {"steps": fixed or steps}
             request = pipe.resolve(GenerationRequest(PROMPT, **options))
-            latents = pipe.generate_latents(request, progress=False)  # (1, C, F, h, w)
-            for _ in pipe.decode(latents[0], a.decode_chunk_size):
+            run = pipe.generate_latents(request, progress=False)
+            latents, t = run.latents, run.timings  # (1, C, F, h, w)
+            for _ in pipe.decode(latents[0], a.decode_chunk_size, t):
                 pass
             total = clock(pipe.device) - start
         pipe.disable_cache()
-        t = pipe.timings
         return Measure(t.per_step, t.decode, total, (weights + mem.peak) / 2**30, latents.float().cpu())
 
     return Row(name, label, str(pipe.denoiser.dtype).removeprefix("torch."), call)

@@ -21,7 +21,6 @@ from .outputs import check_fps, check_output, writable_folder
 from .request import DEFAULT_FRAMES, GenerationRequest
 from .settings import FLAGS as LOAD_FLAGS
 from .settings import LoadSettings
-from .travel import check_travel
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -79,10 +78,7 @@ class RenderJob:
         if self.request.free_init > 1 and (seed is not None or self.resume is not None):
             raise InvalidArgument("--free-init", "re-samples a whole text-to-video run from noise (no sources)")
         if self.request.frames is None and not starts_from_latents:  # travel keyframes within the default count
-            for flag, travel in (("--prompt-travel", self.request.prompt_travel),
-                                 ("--negative-prompt-travel", self.request.negative_prompt_travel)):  # fmt: skip
-                if travel is not None:
-                    check_travel(travel, DEFAULT_FRAMES, flag)
+            self.request.travel().validate(DEFAULT_FRAMES)
         check_fps(self.fps)
         c.integer("--decode-chunk-size", self.decode_chunk_size, 1)
         if self.checkpoint_every is not None:

@@ -22,11 +22,22 @@ from .motion.original_lora import is_original_lora, merge_original_lora
 from .tensor_files import read_state_dict
 
 SDXL = (r"^lora_te2_|^text_encoder_2\.|input_blocks_\d|\.input_blocks\.", "SDXL")
-OTHER_ARCHITECTURES = {  # per backbone: key patterns of LoRAs made for other backbones -> what they are for
-    "sd1": (SDXL, (r"^transformer\.|^lora_transformer_|joint_blocks|context_embedder", "SD 3 / Flux (a DiT)")),
-    "sd3": (SDXL, (r"^unet\.|^lora_unet_|down_blocks", "Stable Diffusion 1.x (a UNet)")),
-}
-NAMES = {"sd1": "Stable Diffusion 1.x", "sd3": "SD 3"}
+DIT = (r"^transformer\.|^lora_transformer_|joint_blocks|context_embedder", "SD 3 / Flux (a DiT)")
+UNET = (r"^unet\.|^lora_unet_|down_blocks", "Stable Diffusion 1.x (a UNet)")
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """What a backbone's LoRAs load into: its name (for messages), the key patterns of LoRAs made for other
+    backbones (refused, naming what they are for), and diffusers' loader for its denoiser."""
+
+    name: str
+    foreign: tuple[tuple[str, str], ...]
+    dit: bool  # a transformer (SD 3's loader), else a UNet (with kohya alphas and text-encoder layers)
+
+
+SD1_TARGET = LoraTarget("Stable Diffusion 1.x", (SDXL, DIT), dit=False)
+SD3_TARGET = LoraTarget("SD 3", (SDXL, UNET), dit=True)
 
 
 @dataclass(frozen=True)
@@ -41,20 +52,20 @@ class Lora:
         return cls(path) if scale is None else cls(path, scale)
 
 
-def _check_architecture(state: dict, path: str, argument: str, family: str) -> None:
-    for pattern, what in OTHER_ARCHITECTURES[family]:
+def _check_architecture(state: dict, path: str, argument: str, target: LoraTarget) -> None:
+    for pattern, what in target.foreign:
         if any(re.search(pattern, k) for k in state):
-            raise LoadError(argument, f"{Path(path).name} is a LoRA for {what}; this model is {NAMES[family]}")
+            raise LoadError(argument, f"{Path(path).name} is a LoRA for {what}; this model is {target.name}")
 
 
-def _read(lora: Lora, argument: str, motion_only: bool, family: str) -> dict:
+def _read(lora: Lora, argument: str, motion_only: bool, target: LoraTarget) -> dict:
     path = Path(lora.path)
     if not path.is_file():
         raise LoadError(argument, f"no such file: {path}")
     state = read_state_dict(path, argument)  # safetensors or a tensor-only pickle, never code
     if not any("lora" in k.lower() for k in state):
         raise LoadError(argument, f"{path.name} holds no LoRA weights (no lora_* / *.lora_A / *_lora keys)")
-    _check_architecture(state, lora.path, argument, family)
+    _check_architecture(state, lora.path, argument, target)
     if motion_only:
         state = {k: v for k, v in state.items() if "motion_modules" in k}
         if not state:
@@ -69,7 +80,7 @@ def apply_loras(
     argument: str,
     motion_only: bool = False,
     fuse: bool = True,
-    family: str = "sd1",
+    target: LoraTarget = SD1_TARGET,
 ) -> list[str]:
     """Load each LoRA through diffusers/peft into the UNet (and the text encoder), or SD 3's transformer, at
     its scale, then fuse them into the weights and drop the peft layers; `motion_only` keeps only
@@ -81,7 +92,7 @@ def apply_loras(
 
     notes, names, scales, text_names, text_scales = [], [], [], [], []
     for i, lora in enumerate(loras):
-        state = _read(lora, argument, motion_only, family)
+        state = _read(lora, argument, motion_only, target)
         name = f"vidiff_{i}"
         if is_original_lora(state):  # AnimateDiff's own layout: merged directly
             layers = merge_original_lora(unet, state, lora.scale, argument)
@@ -89,7 +100,7 @@ def apply_loras(
             continue
         try:
             before = len(list(unet.modules()))
-            if family == "sd3":
+            if target.dit:
                 converted = SD3LoraLoaderMixin.lora_state_dict(dict(state))
                 SD3LoraLoaderMixin.load_lora_into_transformer(converted, transformer=unet, adapter_name=name)
             else:

@@ -74,14 +74,21 @@ class Timings:
 
 @dataclass
 class Run:
-    """The last generation: its schedule (for snapshots) and its timings."""
+    """One generation, returned by `generate_latents`: the request as resolved, its conditioning, the schedule
+    and the slice of it to run, the scheduler and generator (their state is what a checkpoint keeps), the
+    latents as they stand (where denoising starts, then where it ended) and the timings."""
 
     request: GenerationRequest
+    cond: Conditioning
+    uncond: Conditioning | None
     scheduler: SchedulerMixin
     generator: torch.Generator
     timesteps: Tensor
+    begin: int
     stop: int
+    latents: Tensor  # (B, C, F, h, w)
     timings: Timings
+    inpaint: Inpaint | None = None
 
 
 @dataclass
@@ -92,6 +99,7 @@ class VideoOutput:
     latents: Tensor | None
     request: GenerationRequest
     timings: Timings
+    run: Run  # for `snapshot`
 
 
 class VideoPipeline:
@@ -108,7 +116,6 @@ class VideoPipeline:
         self.load_seconds = loaded.seconds
         self.notes = loaded.notes  # what loading found out (detected motion-module version, GroupNorm mode)
         self.accelerators: dict[str, Cache] = {}  # name -> applied accelerator, reset and stepped by the loop
-        self.run: Run | None = None  # the last generation
 
     @classmethod
     def from_pretrained(cls, model: str | LoadSettings, motion_module: str | None = None, **settings) -> VideoPipeline:
@@ -140,11 +147,6 @@ class VideoPipeline:
         if model.compile_backend:
             pipe.compile(model.compile_backend)
         return pipe
-
-    @property
-    def timings(self) -> Timings:
-        """The last generation's timings (only the load time before the first)."""
-        return self.run.timings if self.run is not None else Timings(load=self.load_seconds)
 
     @property
     def device(self) -> torch.device:
@@ -182,15 +184,20 @@ class VideoPipeline:
         model, and the request resolved (frames and size from latents files when the request left them open)."""
         return resolve_source(self.codec, self.resolve, request, image_seeds, resume, decode_chunk_size)
 
-    @torch.inference_mode()
     def generate_latents(
         self,
         request: GenerationRequest,
         progress: bool = True,
         callback: StepCallback | None = None,
         source: Source | None = None,
-    ) -> Tensor:
-        """Denoised (or, with denoising_end, partly denoised) latents (B, C, F, h, w), before the VAE."""
+    ) -> Run:
+        """The run of a resolved request: its latents (B, C, F, h, w) denoised (or, with denoising_end, partly),
+        before the VAE, with the scheduler state `snapshot` keeps and the timings."""
+        return self.sample(self.prepare(request, source), progress, callback)
+
+    @torch.inference_mode()
+    def prepare(self, request: GenerationRequest, source: Source | None = None) -> Run:
+        """A run ready to denoise: prompts encoded, the schedule and its slice, the starting latents."""
         assert request.seed is not None and request.height is not None, "resolve() the request first"
         source = source or Source()
         timings = Timings(load=self.load_seconds)
@@ -202,76 +209,79 @@ class VideoPipeline:
         scheduler = make_scheduler(
             request.scheduler, self.scheduler_config, request.beta_schedule, request.timestep_spacing
         )
-        shape = self.codec.latent_shape(request.num_videos, request.frames, request.height, request.width)
-        timesteps = timesteps_for(scheduler, request.steps, self.device, tokens=shape[-2] * shape[-1] // 4)
-        train_steps = scheduler.config.num_train_timesteps
-        begin, stop = schedule_slice(timesteps, train_steps, request.denoising_start, request.denoising_end)
+        timesteps = self._timesteps(scheduler, request)
+        begin, stop = schedule_slice(
+            timesteps, scheduler.config.num_train_timesteps, request.denoising_start, request.denoising_end
+        )
         # 3. Noise from a CPU generator (same seed, same video on every device), drawn whatever the start.
         generator = torch.Generator("cpu").manual_seed(request.seed)
-        denoiser = self.denoiser_for(request)
-        noise = denoiser.initial_noise(shape, generator, self.device, self.denoiser.dtype)  # (B, C, F, h, w)
-        # 4. Starting latents: resumed from a file, an img2img source re-noised, or pure noise.
-        source_latents = self.encode(source.frames) if source.frames is not None else None  # (1, C, F, h, w)
-        restored = False
-        if source.latents is not None:
-            latents, begin, restored = self._resume(source.latents, request, scheduler, generator, timesteps, begin)
-        elif source_latents is not None and request.denoising_start is None:
-            begin = img2img_begin(request.steps, request.strength, scheduler.order)
-        if not restored and hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(min(begin, len(timesteps) - 1))
-        if source.latents is None and source_latents is not None:
-            at = timesteps[begin : begin + 1]
-            latents = add_noise(scheduler, source_latents, noise, at) if begin < len(timesteps) else source_latents
-        elif source.latents is None:
-            latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # (B, C, F, h, w)
-        inpaint = None
+        shape = self.codec.latent_shape(request.num_videos, request.frames, request.height, request.width)
+        noise = self.denoiser_for(request).initial_noise(shape, generator, self.device, self.denoiser.dtype)
+        # 4. Where denoising starts: saved latents, a source re-noised, or the noise; and the inpainting mask.
+        run = Run(request, cond, uncond, scheduler, generator, timesteps, begin, stop, noise, timings)
+        encoded = self.encode(source.frames) if source.frames is not None else None  # (1, C, F, h, w)
+        self._start(run, source, encoded, noise)
         if source.mask is not None:
-            if source_latents is None:
+            if encoded is None:
                 raise InvalidArgument("--image-seeds", "a mask needs an image or video to inpaint")
             mask = self.codec.latent_mask(source.mask).to(self.device, self.denoiser.dtype)  # (1, 1, F', h, w)
-            inpaint = Inpaint(source_latents, mask, noise)
-        # 5. The loop (FreeInit: several passes, each re-initialised from the last one's low frequencies).
-        passes = request.free_init
-        if passes > 1 and (source.latents is not None or source_latents is not None or begin or stop < len(timesteps)):
+            run.inpaint = Inpaint(encoded, mask, noise)
+        whole = source.latents is None and encoded is None and not run.begin and stop == len(timesteps)
+        if request.free_init > 1 and not whole:
             raise InvalidArgument(
                 "--free-init", "re-samples a whole text-to-video run from noise (no sources, no split)"
             )
-        self.run = Run(request, scheduler, generator, timesteps, stop, timings)
+        return run
+
+    def _timesteps(self, scheduler: SchedulerMixin, request: GenerationRequest) -> Tensor:
+        h, w = self.codec.latent_shape(1, 1, request.height, request.width)[-2:]
+        return timesteps_for(scheduler, request.steps, self.device, tokens=h * w // 4)
+
+    def _start(self, run: Run, source: Source, encoded: Tensor | None, noise: Tensor) -> None:
+        """Set the run's starting latents and step: resumed exactly (scheduler and generator state) or from a
+        fraction of saved latents; an img2img source noised to where `strength` begins; or the noise."""
+        request, scheduler, timesteps = run.request, run.scheduler, run.timesteps
+        restored = False
+        if source.latents is not None:
+            run.latents, run.begin, restored = self._resume(source.latents, run)
+        elif encoded is not None and request.denoising_start is None:
+            run.begin = img2img_begin(request.steps, request.strength, scheduler.order)
+        if not restored and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(min(run.begin, len(timesteps) - 1))
+        if source.latents is None and encoded is not None:
+            at = timesteps[run.begin : run.begin + 1]
+            run.latents = add_noise(scheduler, encoded, noise, at) if run.begin < len(timesteps) else encoded
+        elif source.latents is None:
+            run.latents = noise * getattr(scheduler, "init_noise_sigma", 1.0)  # (B, C, F, h, w)
+
+    @torch.inference_mode()
+    def sample(self, run: Run, progress: bool = True, callback: StepCallback | None = None) -> Run:
+        """Denoise a prepared run (FreeInit: several passes, each re-initialised from the last one's low
+        frequencies); `callback(step, t, latents)` after each step of the last pass."""
+        request, scheduler = run.request, run.scheduler
+        denoiser, passes, first = self.denoiser_for(request), request.free_init, run.latents  # (B, C, F, h, w)
         start = clock(self.device)
-        first = latents  # (B, C, F, h, w): the first pass's noise
         handles = self.denoiser.scale_motion(request.motion_scale)
         try:
             for i in range(passes):
                 if i > 0:
-                    f = request.free_init_method, request.free_init_order
-                    mask = low_pass((1, *latents.shape[1:]), *f, request.free_init_spatial,
-                                    request.free_init_temporal, self.device)  # fmt: skip
-                    latents = reinitialize(latents, first, scheduler, generator, mask)
-                    timesteps = timesteps_for(scheduler, request.steps, self.device, tokens=shape[-2] * shape[-1] // 4)
-                latents = denoise(
-                    denoiser,
-                    scheduler,
-                    latents,
-                    timesteps,
-                    cond,
-                    uncond,
-                    request.guidance_scale,
-                    request.guidance_rescale,
-                    step_kwargs(scheduler, generator, request.eta),
-                    progress=progress,
-                    callback=callback if i == passes - 1 else None,
-                    begin=begin,
-                    stop=stop,
-                    inpaint=inpaint,
-                    caches=list(self.accelerators.values()),
-                )
+                    o = request.free_init_options()
+                    mask = low_pass((1, *first.shape[1:]), o.method, o.order, o.spatial, o.temporal, self.device)
+                    run.latents = reinitialize(run.latents, first, scheduler, run.generator, mask)
+                    run.timesteps = self._timesteps(scheduler, request)
+                run.latents = denoise(
+                    denoiser, scheduler, run.latents, run.timesteps, run.cond, run.uncond, request.guidance_scale,
+                    request.guidance_rescale, step_kwargs(scheduler, run.generator, request.eta), progress=progress,
+                    callback=callback if i == passes - 1 else None, begin=run.begin, stop=run.stop,
+                    inpaint=run.inpaint, caches=list(self.accelerators.values()),
+                )  # fmt: skip
         finally:
             for handle in handles:
                 handle.remove()
-        timings.denoise = clock(self.device) - start
-        timings.steps = max(stop - begin, 0) * passes
-        timings.frames = request.frames * request.num_videos
-        return latents
+        run.timings.denoise = clock(self.device) - start
+        run.timings.steps = max(run.stop - run.begin, 0) * passes
+        run.timings.frames = request.frames * request.num_videos
+        return run
 
     def _encode(self, request: GenerationRequest) -> tuple[Conditioning, Conditioning | None]:
         """(cond, uncond or None): per video, or per frame where a prompt travels. The negative prompt goes to
@@ -340,9 +350,10 @@ class VideoPipeline:
             cache.remove()
         self.accelerators = {}
 
-    def _resume(self, item: LatentsFile, request, scheduler, generator, timesteps, begin) -> tuple[Tensor, int, bool]:
+    def _resume(self, item: LatentsFile, run: Run) -> tuple[Tensor, int, bool]:
         """Continue from saved latents: exactly (scheduler and generator state) when the file was saved by the
         same scheduler and step count, else from the fraction (`--denoising-start`, or the file's own)."""
+        request, scheduler, timesteps, begin = run.request, run.scheduler, run.timesteps, run.begin
         meta = item.meta
         expected = self.codec.latent_shape(request.num_videos, request.frames, request.height, request.width)
         if tuple(item.latents.shape) != expected:
@@ -357,7 +368,7 @@ class VideoPipeline:
         if exact:
             restore_scheduler_state(scheduler, item.scheduler_state)
             if item.generator_state is not None:
-                generator.set_state(item.generator_state)
+                run.generator.set_state(item.generator_state)
             return latents, meta.step, True
         if request.denoising_start is None:
             if meta.denoised is None:
@@ -369,11 +380,10 @@ class VideoPipeline:
         """Frames (F, H, W, 3) uint8 -> scaled latents (1, C, F, h, w)."""
         return self.codec.encode(frames, chunk_size)[None].to(self.denoiser.dtype)
 
-    def snapshot(self, latents: Tensor, step: int | None = None) -> LatentsFile:
-        """Latents of the last run at `step` (default: where it stopped), with what a resume needs."""
-        run = self.run
-        if run is None:
-            raise InvalidArgument("snapshot", "no generation has run yet: call the pipeline or generate_latents first")
+    def snapshot(self, run: Run, latents: Tensor | None = None, step: int | None = None) -> LatentsFile:
+        """A run's latents (default: where it stopped; or `latents` at `step`, from a step callback), with
+        what a resume needs."""
+        latents = run.latents if latents is None else latents  # (B, C, F, h, w)
         step = run.stop if step is None else step
         request = run.request
         done = request.denoising_end if step == run.stop and request.denoising_end is not None else None
@@ -401,10 +411,11 @@ class VideoPipeline:
             run.generator.get_state() if unfinished else None,
         )
 
-    def decode(self, latents: Tensor, chunk_size: int = 8) -> Iterator[np.ndarray]:
-        """Decode one video's latents (C, F, h, w) in frame chunks, yielding (n, H, W, 3) uint8 arrays."""
+    def decode(self, latents: Tensor, chunk_size: int = 8, timings: Timings | None = None) -> Iterator[np.ndarray]:
+        """Decode one video's latents (C, F, h, w) in frame chunks, yielding (n, H, W, 3) uint8 arrays; the time
+        is added to `timings` (a run's) when given."""
         chunks = self.codec.decode(latents, chunk_size)
-        timings = self.timings  # the last run's: decoding is part of it
+        timings = timings or Timings()
         while True:
             start = clock(self.device)
             frames = next(chunks, None)
@@ -427,12 +438,13 @@ class VideoPipeline:
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgument("output_type", f"must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         request = self.resolve(GenerationRequest(prompt=prompt, **options))
-        latents = self.generate_latents(request, progress=progress, callback=callback, source=source)
+        run = self.generate_latents(request, progress=progress, callback=callback, source=source)
+        latents, timings = run.latents, run.timings
         if output_type == "latent":
-            return VideoOutput(None, latents, request, self.timings)
-        videos = [np.concatenate(list(self.decode(video, decode_chunk_size))) for video in latents]
+            return VideoOutput(None, latents, request, timings, run)
+        videos = [np.concatenate(list(self.decode(video, decode_chunk_size, timings))) for video in latents]
         if output_type == "pil":
             from PIL import Image
 
             videos = [[Image.fromarray(frame) for frame in video] for video in videos]
-        return VideoOutput(videos, latents, request, self.timings)
+        return VideoOutput(videos, latents, request, timings, run)

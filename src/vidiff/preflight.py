@@ -143,9 +143,9 @@ def run_shape(job, figures: ModelFigures, element: int) -> RunShape:
     r = job.request
     frames = r.frames or 16
     windows = context_for(r, frames, figures.frame_table)
-    if job.load.mode == "sequential":
+    if job.load.frame_by_frame:
         at_once = job.load.frame_batch or frames
-    elif windows is None or windows.scope == "motion":  # motion scope: one backbone call over every frame
+    elif windows is None or windows.motion_only:  # motion scope: one backbone call over every frame
         at_once = frames
     else:
         at_once = min(frames, windows.length)

@@ -110,14 +110,16 @@ class Renderer:
         resume_file = resume_path(output)
         checkpoint = resume_file if job.checkpoint_every else None
 
-        def on_step(step: int, t, latents) -> None:
-            if checkpoint is not None and step % job.checkpoint_every == 0:
-                save_latents(checkpoint, _snapshot(pipe, job, latents, step), overwrite=True)
-
         # 3. Denoise (checkpointing); an interruption keeps the last checkpoint and says how to resume.
         with PeakMemory(pipe.device) as memory:
+            run = pipe.prepare(request, source)
+
+            def on_step(step: int, t, latents) -> None:
+                if checkpoint is not None and step % job.checkpoint_every == 0:
+                    save_latents(checkpoint, _snapshot(pipe, job, run, latents, step), overwrite=True)
+
             try:
-                latents = pipe.generate_latents(request, progress=progress, callback=on_step, source=source)
+                latents = pipe.sample(run, progress=progress, callback=on_step).latents
             except KeyboardInterrupt as e:
                 saved = checkpoint if checkpoint is not None and checkpoint.exists() else None
                 raise RenderInterrupted(saved, job) from e
@@ -126,14 +128,14 @@ class Renderer:
             count = 0
             try:
                 if is_latents_path(output):
-                    save_latents(output, _snapshot(pipe, job, latents), job.overwrite)
+                    save_latents(output, _snapshot(pipe, job, run), job.overwrite)
                 else:
                     with FrameWriter(output, job.fps, job.overwrite) as writer:
-                        for frames in pipe.decode(latents[0], job.decode_chunk_size):
+                        for frames in pipe.decode(latents[0], job.decode_chunk_size, run.timings):
                             writer.append(frames)
                     count = writer.count
             except (KeyboardInterrupt, OSError) as e:
-                kept = _keep(resume_file, _snapshot(pipe, job, latents), checkpoint)
+                kept = _keep(resume_file, _snapshot(pipe, job, run), checkpoint)
                 if isinstance(e, KeyboardInterrupt):
                     raise RenderInterrupted(kept, job) from e
                 raise WriteFailed(output, e, kept) from e
@@ -141,7 +143,7 @@ class Renderer:
             resume_file.unlink(missing_ok=True)  # the run it was keeping is complete
         weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
         notes = notes + pipe.notes
-        return RenderResult(Path(output), latents, job, pipe.timings, weights, memory.peak,
+        return RenderResult(Path(output), latents, job, run.timings, weights, memory.peak,
                             process_peak(pipe.device), estimate, count, reused, notes)  # fmt: skip
 
 
@@ -154,8 +156,8 @@ def _keep(path: Path, item, previous: Path | None) -> Path | None:
         return previous if previous is not None and previous.exists() else None
 
 
-def _snapshot(pipe: VideoPipeline, job: RenderJob, latents: Tensor, step: int | None = None):
-    item = pipe.snapshot(latents, step)
+def _snapshot(pipe: VideoPipeline, job: RenderJob, run, latents: Tensor | None = None, step: int | None = None):
+    item = pipe.snapshot(run, latents, step)
     item.meta.job = job.to_dict()
     return item
 

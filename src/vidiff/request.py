@@ -30,6 +30,46 @@ SIZE_MULTIPLE = 8  # pixels per latent cell in every supported VAE
 
 
 @dataclass(frozen=True)
+class FreeInitOptions:
+    """FreeInit's group (`--free-init N`): the passes, and the low-pass filter that carries each pass's low
+    frequencies into the next."""
+
+    passes: int = 1  # 1: off
+    method: str = "butterworth"  # butterworth | gaussian | ideal | box
+    order: int = 4  # butterworth's order
+    spatial: float = 0.25  # normalised spatial stop frequency
+    temporal: float = 0.25  # normalised temporal stop frequency
+
+    def validate(self, split: bool = False) -> None:
+        """Its own rules, and that it re-samples a whole run (`split`: the run stops or starts part way)."""
+        if checks.integer("--free-init", self.passes, 1) > 1 and split:
+            raise InvalidArgument("--free-init", "re-samples a whole text-to-video run from noise (no split run)")
+        checks.choice("--free-init-method", self.method, FREE_INIT_METHODS)
+        checks.integer("--free-init-order", self.order, 1)
+        checks.number("--free-init-spatial", self.spatial, 0, 1, above=True)
+        checks.number("--free-init-temporal", self.temporal, 0, 1, above=True)
+
+
+@dataclass(frozen=True)
+class TravelOptions:
+    """Prompt travel's group: keyframes {frame: prompt} for the prompt and the negative prompt, and how the
+    embeddings between them are interpolated."""
+
+    prompt: dict[int, str] | None = None
+    negative: dict[int, str] | None = None
+    interpolation: str = "linear"  # or "slerp"
+
+    def validate(self, frames: int | None) -> None:
+        """Keyframes well formed and, once the frame count is known, within the video."""
+        for flag, travel in (("--prompt-travel", self.prompt), ("--negative-prompt-travel", self.negative)):
+            if travel is not None and frames is None:
+                check_keys(travel, flag)
+            elif travel is not None:
+                check_travel(travel, frames, flag)
+        checks.choice("--travel-interpolation", self.interpolation, TRAVEL_INTERPOLATIONS)
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """What to generate. Errors name the CLI flag of the field at fault."""
 
@@ -86,6 +126,13 @@ class GenerationRequest:
             noise=self.noise_type, scope=self.context_scope,
         )  # fmt: skip
 
+    def free_init_options(self) -> FreeInitOptions:
+        return FreeInitOptions(self.free_init, self.free_init_method, self.free_init_order, self.free_init_spatial,
+                               self.free_init_temporal)  # fmt: skip
+
+    def travel(self) -> TravelOptions:
+        return TravelOptions(self.prompt_travel, self.negative_prompt_travel, self.travel_interpolation)
+
     @property
     def cfg(self) -> bool:
         return (self.guidance_scale if self.guidance_scale is not None else DEFAULT_GUIDANCE) > 1.0
@@ -121,19 +168,8 @@ class GenerationRequest:
         c.number("--image-seed-strength", self.strength, 0, 1)
         c.number("--motion-scale", self.motion_scale, 0)
         self.context().validate()  # the windows' own rules and the cross-field ones (overlap and stride vs length)
-        for flag, travel in (("--prompt-travel", self.prompt_travel),
-                             ("--negative-prompt-travel", self.negative_prompt_travel)):  # fmt: skip
-            if travel is not None and self.frames is None:
-                check_keys(travel, flag)
-            elif travel is not None:
-                check_travel(travel, self.frames, flag)  # keyframes within the video
-        c.choice("--travel-interpolation", self.travel_interpolation, TRAVEL_INTERPOLATIONS)
-        if c.integer("--free-init", self.free_init, 1) > 1 and (start is not None or end is not None):
-            raise InvalidArgument("--free-init", "re-samples a whole text-to-video run from noise (no split run)")
-        c.choice("--free-init-method", self.free_init_method, FREE_INIT_METHODS)
-        c.integer("--free-init-order", self.free_init_order, 1)
-        c.number("--free-init-spatial", self.free_init_spatial, 0, 1, above=True)
-        c.number("--free-init-temporal", self.free_init_temporal, 0, 1, above=True)
+        self.travel().validate(self.frames)
+        self.free_init_options().validate(split=start is not None or end is not None)
         if self.scheduler is not None and scheduler_key(c.text("--scheduler", self.scheduler)) is None:
             raise InvalidArgument(
                 "--scheduler", f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULER_CLASSES)})"
@@ -146,11 +182,7 @@ class GenerationRequest:
     def resolved(self, default_size: int, spec: BackboneSpec) -> GenerationRequest:
         """Validated against the model's spec, with size, seed and scheduler filled in."""
         self.validate()
-        frames = self.frames or DEFAULT_FRAMES
-        for flag, travel in (("--prompt-travel", self.prompt_travel), ("--negative-prompt-travel",
-                                                                       self.negative_prompt_travel)):  # fmt: skip
-            if travel is not None:
-                check_travel(travel, frames, flag)
+        self.travel().validate(self.frames or DEFAULT_FRAMES)
         scheduler = self.scheduler or spec.default_scheduler
         if spec.flow != (scheduler_key(scheduler) in FLOW_SCHEDULERS):
             kind = "flow-matching (flow-euler)" if spec.flow else "diffusion"

@@ -45,7 +45,7 @@ class LoadSettings:
             if path is not None:
                 c.existing(flag, path)
         c.choice("--mode", self.mode, MODES)
-        if self.mode == "sequential" and (self.motion_module or self.motion_loras):
+        if self.frame_by_frame and (self.motion_module or self.motion_loras):
             flag = "--motion-module" if self.motion_module else "--motion-lora"
             raise InvalidArgument(flag, "has no use in --mode sequential (each frame is denoised by the image model "
                                   "alone); drop it, or use --mode motion")  # fmt: skip
@@ -65,6 +65,11 @@ class LoadSettings:
                 raise InvalidArgument(flag, f"must be true or false, got {value!r}")
         if self.compile_backend is not None:
             c.text("--compile-backend", self.compile_backend, empty=False)
+
+    @property
+    def frame_by_frame(self) -> bool:
+        """The image backbone alone, one frame at a time (`--mode sequential`); else its temporal layers run."""
+        return self.mode == "sequential"
 
     @classmethod
     def from_dict(cls, data: dict) -> LoadSettings:

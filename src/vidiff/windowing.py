@@ -31,6 +31,11 @@ class ContextOptions:
     scope: str = "backbone"
 
     @property
+    def motion_only(self) -> bool:
+        """Only the temporal attention runs in windows (`--context-scope motion`); the rest sees every frame."""
+        return self.scope == "motion"
+
+    @property
     def step(self) -> int:
         return self.stride if self.stride is not None else self.length - self.overlap
 

@@ -120,7 +120,7 @@ class ContextWindowDenoiser(VideoDenoiser):
         o = self.options
         if latents.shape[2] <= o.length:
             return self.inner.predict(latents, t, cond)
-        if o.scope == "motion":
+        if o.motion_only:
             with self.inner.temporal_windows(self.fuse_frames):
                 return self.inner.predict(latents, t, cond)
         return fuse_windows(latents, 2, lambda idx: self.inner.predict(latents[:, :, idx], t, cond.frames(idx)), o)

@@ -67,6 +67,6 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     config = dict(load_part(DDIMScheduler.load_config, folder / "scheduler"))
     for module in (text_encoder, transformer, vae):
         module.to(options.device).eval().requires_grad_(False)
-    denoiser = LatteDenoiser(transformer, temporal_attention=options.settings.mode == "motion")
+    denoiser = LatteDenoiser(transformer, temporal_attention=not options.settings.frame_by_frame)
     encoder = T5PromptEncoder(tokenizer, text_encoder)
     return Loaded(encoder, denoiser, vae, config, transformer.config.sample_size, time.perf_counter() - start)

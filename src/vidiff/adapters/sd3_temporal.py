@@ -15,7 +15,7 @@ from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transfo
 from torch import Tensor, nn
 
 from ..loading import load_part, require_parts
-from ..lora import apply_loras
+from ..lora import SD3_TARGET, apply_loras
 from ..motion.scale import scale_update
 from ..motion.sd3_temporal import SD3TemporalLayers
 from ..text import SD3PromptEncoder
@@ -108,9 +108,9 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     config = dict(load_part(FlowMatchEulerDiscreteScheduler.load_config, folder / "scheduler"))
     for module in (*[e for e in encoders if e is not None], transformer, vae):
         module.to(options.device).eval().requires_grad_(False)
-    notes = apply_loras(transformer, None, list(options.loras), "--lora", fuse=settings.fuse_loras, family="sd3")
+    notes = apply_loras(transformer, None, list(options.loras), "--lora", fuse=settings.fuse_loras, target=SD3_TARGET)
     temporal = SD3TemporalLayers.load(settings.motion_module) if settings.motion_module else None
-    if temporal is not None and settings.mode == "motion":
+    if temporal is not None and not settings.frame_by_frame:
         denoiser: VideoDenoiser = SD3Denoiser(transformer, temporal)
     else:
         denoiser = ImageSequentialDenoiser(SD3Denoiser(transformer), settings.frame_noise, settings.frame_batch)

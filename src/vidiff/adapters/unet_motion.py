@@ -150,7 +150,7 @@ def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.M
         unet_class = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
         if motion_module is None and (folder / "motion_adapter").is_dir():
             motion_module = str(folder / "motion_adapter")
-    if settings.mode != "motion":
+    if settings.frame_by_frame:
         if unet_class == "UNetMotionModel":
             raise LoadError(
                 "--mode", f"{folder}'s UNet has motion modules built in; sequential mode needs an image UNet"
@@ -236,14 +236,14 @@ def build(source: Path, options: LoadOptions) -> Loaded:
     if options.loras:
         notes += apply_loras(unet, text_encoder, list(options.loras), "--lora", fuse=settings.fuse_loras)
     if options.motion_loras:
-        if settings.mode != "motion":
+        if settings.frame_by_frame:
             raise InvalidArgument("--motion-lora", "needs motion modules (not --mode sequential)")
         notes += apply_loras(unet, None, list(options.motion_loras), "--motion-lora", motion_only=True)
     for module in (text_encoder, vae, unet):
         module.to(device).eval().requires_grad_(False)
     if device.type == "cpu" and dtype == torch.bfloat16:
         unet.to(memory_format=torch.channels_last)  # bf16 convolutions on CPU: 4-5% faster per step
-    if settings.mode == "motion":
+    if not settings.frame_by_frame:
         denoiser: VideoDenoiser = UNetMotionDenoiser(unet)
     else:
         denoiser = ImageSequentialDenoiser(UNetFramesDenoiser(unet), settings.frame_noise, settings.frame_batch)
