@@ -16,13 +16,15 @@ from PIL import Image
 
 from .atomic import atomic_file, atomic_folder
 from .errors import InvalidArgument
-from .outputs import FRAME_GLOB, FRAMES, check_fps, check_output
+from .outputs import FRAME_GLOB, FRAMES, check_fps, check_output, output_kind
 
 PNG_PATTERN = "frame_{:05d}.png"
 
 
 class _Sink:
     """Where one kind of output puts its frames: `add(frame)` each, `finish()` once, into the temporary `tmp`."""
+
+    keeps_frames = False  # holds every frame until `finish` (what the memory preflight counts)
 
     def __init__(self, tmp: Path, fps: float) -> None:
         self.tmp, self.fps = tmp, fps
@@ -41,6 +43,7 @@ class _Animation(_Sink):
     """GIF / WebP through Pillow's animation encoder, which takes every frame at once."""
 
     options: dict = {}
+    keeps_frames = True
 
     def __init__(self, tmp: Path, fps: float) -> None:
         super().__init__(tmp, fps)
@@ -97,6 +100,12 @@ class _Png(_Sink):
 
 
 WRITERS: dict[str, type[_Sink]] = {".gif": _Gif, ".mp4": _Mp4, ".webp": _Webp, FRAMES: _Png}
+
+
+def keeps_every_frame(path: str) -> bool:
+    """Whether the writer for `path` holds every decoded frame until the end (GIF, WebP)."""
+    writer = WRITERS.get(output_kind(path))
+    return writer is not None and writer.keeps_frames
 
 
 class FrameWriter:

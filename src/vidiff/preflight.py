@@ -23,7 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import InvalidArgument
-from .windowing import context_for
+from .export import keeps_every_frame
+from .job import default_output
+from .request import DEFAULT_FRAMES
+from .windowing import DEFAULT_LENGTH, context_for
 
 GIB = 2**30
 DENOISE_BYTES = 128  # per (batch x frame x latent pixel x first-width channel), float32; measured 80-130
@@ -141,7 +144,7 @@ def model_figures(folder: Path, extra: tuple[Path, ...] = ()) -> ModelFigures:
 def run_shape(job, figures: ModelFigures, element: int) -> RunShape:
     """The RunShape of a RenderJob (before its request is resolved: the model's defaults fill it in)."""
     r = job.request
-    frames = r.frames or 16
+    frames = r.frames or DEFAULT_FRAMES
     windows = context_for(r, frames, figures.frame_table)
     if job.load.frame_by_frame:
         at_once = job.load.frame_batch or frames
@@ -149,11 +152,9 @@ def run_shape(job, figures: ModelFigures, element: int) -> RunShape:
         at_once = frames
     else:
         at_once = min(frames, windows.length)
-    cfg = r.guidance_scale is None or r.guidance_scale > 1
-    output = (job.output or ".gif").lower()
     return RunShape(
-        frames, r.height or figures.default_size, r.width or figures.default_size, r.num_videos * (2 if cfg else 1),
-        at_once, job.decode_chunk_size, element, output.endswith((".gif", ".webp")),
+        frames, r.height or figures.default_size, r.width or figures.default_size, r.num_videos * (2 if r.cfg else 1),
+        at_once, job.decode_chunk_size, element, keeps_every_frame(job.output or default_output(r.prompt, 0)),
     )  # fmt: skip
 
 
@@ -193,7 +194,8 @@ def check(est: Estimate, free: int, run: RunShape, figures: ModelFigures, in_use
     if est.total - in_use <= free:
         return
     options = (("--decode-chunk-size 1", replace(run, decode_chunk=1)),
-               ("--context-length 16", replace(run, frames_at_once=min(run.frames_at_once, 16))),
+               (f"--context-length {DEFAULT_LENGTH}",
+                replace(run, frames_at_once=min(run.frames_at_once, DEFAULT_LENGTH))),
                ("--dtype bfloat16", replace(run, element=min(run.element, 2))))  # fmt: skip
     names = [flag for flag, changed in options if changed != run and fits(changed)]
     frames = run.frames // 2
