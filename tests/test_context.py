@@ -50,7 +50,7 @@ def test_a_window_at_least_the_video_equals_the_plain_run(motion_pipe):
 def test_a_video_longer_than_the_table_runs_in_windows_with_pab(motion_pipe, scope):
     assert motion_pipe.denoiser.max_frames == 32
     with pytest.raises(InvalidArgument, match="--frames: 40 frames exceed"):  # a window longer than the table
-        motion_pipe.resolve(GenerationRequest("a cat", frames=40, context_length=40))
+        motion_pipe.resolve(GenerationRequest.from_options("a cat", frames=40, context_length=40))
     (pab,) = motion_pipe.enable_cache(PABConfig())
     try:
         out = motion_pipe("a cat", context_scope=scope, **(LATENT | dict(frames=40, steps=4, seed=1))).latents

@@ -218,7 +218,7 @@ def test_flat_options_make_the_same_job_as_the_flags(tmp_path):
                "no-t5": True, "loop": True, "prompt_travel": "0: a cat | 20: a dog", "deep_cache": 3,
                "compile": True, "guidance_rescale": 0.7, "context-length": "12", "overwrite": False}  # fmt: skip
     got = job_from_options(options)
-    assert got == want and got.load.loras == (f"{lora}:0.5", str(lora)) and got.request.context_schedule == "looped"
+    assert got == want and got.load.loras == (f"{lora}:0.5", str(lora)) and got.request.context.schedule == "looped"
     assert got.load.compile_backend == "inductor" and got.pab.spatial_range == (50, 700)
     defaults = build_parser().parse_args(["generate", "x", "--overwrite", "--lora", str(lora)])
     assert job_from_options({"prompt": "a", "overwrite": False, "lora": []}, defaults).overwrite is False
@@ -232,3 +232,25 @@ def test_flat_options_make_the_same_job_as_the_flags(tmp_path):
     ]:
         with pytest.raises(InvalidArgument, match=re.escape(message)):
             job_from_options(options)
+
+
+def test_request_groups_are_dataclasses_that_round_trip():
+    """Context windows, prompt travel and FreeInit are typed groups inside the request, each with its own
+    validate; flat keyword names (as the flags name them) build them; JSON nests them."""
+    from vidiff.request import FreeInitOptions
+    from vidiff.windowing import ContextOptions
+
+    r = GenerationRequest.from_options("a cat", context_length=8, noise_type="shuffle", free_init=2,
+                                       prompt_travel={0: "a", 7: "b"}, frames=8)  # fmt: skip
+    assert r.context == ContextOptions(length=8, noise="shuffle") and r.free_init == FreeInitOptions(passes=2)
+    assert r.travel.prompt == {0: "a", 7: "b"}
+    data = json.loads(RenderJob(r).to_json())["request"]
+    assert data["context"]["length"] == 8 and "context_length" not in data and data["free_init"]["passes"] == 2
+    assert RenderJob.from_json(RenderJob(r).to_json()).request == r
+    with pytest.raises(InvalidArgument, match="request: context: unknown keys size"):
+        GenerationRequest("a", context={"size": 3})
+    for bad, flag in [(dict(context=ContextOptions(length=4, overlap=4)), "--context-overlap"),
+                      (dict(free_init=FreeInitOptions(order=0)), "--free-init-order"),
+                      (dict(free_init=3), "request: free_init must be a FreeInitOptions")]:  # fmt: skip
+        with pytest.raises(InvalidArgument, match=flag):
+            GenerationRequest("a", **bad).validate()

@@ -22,7 +22,7 @@ def test_one_keyframe_is_the_plain_prompt(motion_pipe):
 
 @pytest.mark.parametrize("how", ["linear", "slerp"])
 def test_keyframes_set_their_frames_and_frames_between_blend(motion_pipe, how):
-    request = motion_pipe.resolve(GenerationRequest("x", prompt_travel={0: "a cat", 5: "a dog"},
+    request = motion_pipe.resolve(GenerationRequest.from_options("x", prompt_travel={0: "a cat", 5: "a dog"},
                                                     travel_interpolation=how, **{"frames": 6, "seed": 1}))  # fmt: skip
     cond, uncond = motion_pipe._encode(request)
     cat, dog = (motion_pipe.prompt_encoder([p]).embeds for p in ("a cat", "a dog"))
@@ -42,7 +42,7 @@ def test_travel_with_context_windows_and_on_sd3(motion_pipe, sd3_folder, tmp_pat
     seq = VideoPipeline.from_pretrained(str(sd3_folder), dtype="float32", use_t5=False)
     SD3TemporalLayers.for_transformer(seq.denoiser.image.transformer).save(tmp_path / "t.safetensors")
     sd3 = VideoPipeline.from_pretrained(str(sd3_folder), str(tmp_path / "t.safetensors"), dtype="float32", use_t5=False)
-    request = sd3.resolve(GenerationRequest("x", prompt_travel={0: "a cat", 2: "a dog"}, frames=3, seed=1))
+    request = sd3.resolve(GenerationRequest.from_options("x", prompt_travel={0: "a cat", 2: "a dog"}, frames=3, seed=1))
     cond, _ = sd3._encode(request)
     assert cond.pooled.shape[:2] == (1, 3)  # pooled embeddings travel too
     assert torch.isfinite(sd3("x", prompt_travel={0: "a cat", 2: "a dog"}, **(OPTS | {"frames": 3})).latents).all()
@@ -52,8 +52,8 @@ def test_specs_files_and_bad_input(tmp_path, sd1_folder, original_files, capsys)
     assert parse_travel("0: a cat sitting | 32: a cat running") == {0: "a cat sitting", 32: "a cat running"}
     (tmp_path / "travel.json").write_text(json.dumps({"0": "a", "7": "b"}))
     assert parse_travel(str(tmp_path / "travel.json")) == {0: "a", 7: "b"}
-    job = RenderJob(GenerationRequest("x", prompt_travel={0: "a", 7: "b"}))
-    assert RenderJob.from_json(job.to_json()).request.prompt_travel == {0: "a", 7: "b"}
+    job = RenderJob(GenerationRequest.from_options("x", prompt_travel={0: "a", 7: "b"}))
+    assert RenderJob.from_json(job.to_json()).request.travel.prompt == {0: "a", 7: "b"}
     keyed = {0: torch.zeros(1, 2), 2: torch.ones(1, 2)}
     assert torch.equal(interpolate(keyed, 4)[0, :, 0], torch.tensor([0.0, 0.5, 1.0, 1.0]))
     model = ["--model", str(sd1_folder), "--motion-module", str(original_files["ckpt"])]
@@ -62,4 +62,4 @@ def test_specs_files_and_bad_input(tmp_path, sd1_folder, original_files, capsys)
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and "--prompt-travel" in err and text in err, err
     with pytest.raises(InvalidArgument, match="--travel-interpolation"):
-        GenerationRequest("x", travel_interpolation="cubic").validate()
+        GenerationRequest.from_options("x", travel_interpolation="cubic").validate()

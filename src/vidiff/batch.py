@@ -28,6 +28,7 @@ from .errors import InvalidArgument, VidiffError
 from .job import RenderJob, slug
 from .options import ALIASES, LIST_FLAGS
 from .outputs import check_name_length, writable_folder
+from .request import flat_groups
 
 MANIFEST = "manifest.jsonl"
 TEMPLATE = "{index}-{prompt_slug}-{seed}.mp4"
@@ -197,7 +198,7 @@ def _job(options: dict, defaults: argparse.Namespace, index: int, where: str) ->
     if job.request.seed is None:
         job = replace(job, request=replace(job.request, seed=_derived_seed(options, index)))
     fields = {k: v for k, v in job.to_dict().items() if k not in ("request", "load")}
-    fields |= asdict(job.load) | asdict(job.request)
+    fields |= asdict(job.load) | asdict(job.request) | flat_groups(job.request)
     return job, fields | {"prompt_slug": slug(job.request.prompt or "", 40)}
 
 

@@ -18,7 +18,7 @@ from .errors import InvalidArgument
 from .image_seeds import parse_image_seed
 from .names import LATENT_SUFFIXES, PRESET_NAMES, is_latents_path
 from .outputs import check_fps, check_output, writable_folder
-from .request import DEFAULT_FRAMES, GenerationRequest
+from .request import DEFAULT_FRAMES, GROUPS, GenerationRequest, flat_groups
 from .settings import FLAGS as LOAD_FLAGS
 from .settings import LoadSettings
 
@@ -75,10 +75,10 @@ class RenderJob:
             raise InvalidArgument("--denoising-start", 'needs latents to continue: --image-seeds "latents: FILE"')
         if seed is not None and seed.latents is not None and self.resume is not None:
             raise InvalidArgument("--resume", "continues its own latents; drop latents= from --image-seeds")
-        if self.request.free_init > 1 and (seed is not None or self.resume is not None):
+        if self.request.free_init.passes > 1 and (seed is not None or self.resume is not None):
             raise InvalidArgument("--free-init", "re-samples a whole text-to-video run from noise (no sources)")
         if self.request.frames is None and not starts_from_latents:  # travel keyframes within the default count
-            self.request.travel().validate(DEFAULT_FRAMES)
+            self.request.travel.validate(DEFAULT_FRAMES)
         check_fps(self.fps)
         c.integer("--decode-chunk-size", self.decode_chunk_size, 1)
         if self.checkpoint_every is not None:
@@ -162,8 +162,10 @@ RESUME_MAY_CHANGE = (
 def check_resume(given: RenderJob, saved: RenderJob) -> None:
     """Refuse, naming the flag, any option given with --resume (one that differs from its default) that
     contradicts the job the checkpoint saved; where the video goes and how it is written may change."""
-    pairs = _pairs(given.request, saved.request, ("prompt",))
+    pairs = _pairs(given.request, saved.request, ("prompt", *GROUPS))
     pairs.append(("prompt", given.request.prompt, saved.request.prompt, ""))
+    default, kept = flat_groups(GenerationRequest("")), flat_groups(saved.request)
+    pairs += [(k, v, kept[k], default[k]) for k, v in flat_groups(given.request).items()]
     pairs += _pairs(given.load, saved.load) + _pairs(given, saved, (*RESUME_MAY_CHANGE, "load"))
     for name, value, kept, default in pairs:
         if value != default and value != kept:

@@ -21,7 +21,7 @@ from .names import (
     PRESET_NAMES,
     TRAIN_STAGES,
 )
-from .request import GenerationRequest
+from .request import GROUPS, GenerationRequest, groups_from
 from .settings import LoadSettings
 from .travel import parse_travel
 
@@ -194,9 +194,8 @@ def job_from_args(args: argparse.Namespace):
                 "--loop", f"contradicts --context-schedule {args.context_schedule} (--loop is looped)"
             )
         args.context_schedule = "looped"
-    given = fields_from(
-        args, GenerationRequest, prompt=args.prompt or first, strength=args.image_seed_strength, **travel
-    )
+    given = fields_from(args, GenerationRequest, prompt=args.prompt or first, strength=args.image_seed_strength)
+    given |= groups_from(vars(args) | travel)
     span = tuple(args.pab_range)
     pab = PABConfig(args.pab_spatial, args.pab_temporal, args.pab_cross, span, span, span)
     pab.validate()  # given without --pab, the --pab-* flags are still checked
@@ -273,5 +272,5 @@ def fields_from(args: argparse.Namespace, cls, **values) -> dict:
     """`cls`'s dataclass fields taken from same-named flags that were given, then `values`."""
     from dataclasses import fields
 
-    names = {f.name for f in fields(cls)} - {"pab", "deep_cache", "compile_backend"}
+    names = {f.name for f in fields(cls)} - {"pab", "deep_cache", "compile_backend", *GROUPS}
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None} | values

@@ -227,7 +227,7 @@ class VideoPipeline:
             mask = self.codec.latent_mask(source.mask).to(self.device, self.denoiser.dtype)  # (1, 1, F', h, w)
             run.inpaint = Inpaint(encoded, mask, noise)
         whole = source.latents is None and encoded is None and not run.begin and stop == len(timesteps)
-        if request.free_init > 1 and not whole:
+        if request.free_init.passes > 1 and not whole:
             raise InvalidArgument(
                 "--free-init", "re-samples a whole text-to-video run from noise (no sources, no split)"
             )
@@ -259,13 +259,13 @@ class VideoPipeline:
         """Denoise a prepared run (FreeInit: several passes, each re-initialised from the last one's low
         frequencies); `callback(step, t, latents)` after each step of the last pass."""
         request, scheduler = run.request, run.scheduler
-        denoiser, passes, first = self.denoiser_for(request), request.free_init, run.latents  # (B, C, F, h, w)
+        denoiser, passes, first = self.denoiser_for(request), request.free_init.passes, run.latents  # (B, C, F, h, w)
         start = clock(self.device)
         handles = self.denoiser.scale_motion(request.motion_scale)
         try:
             for i in range(passes):
                 if i > 0:
-                    o = request.free_init_options()
+                    o = request.free_init
                     mask = low_pass((1, *first.shape[1:]), o.method, o.order, o.spatial, o.temporal, self.device)
                     run.latents = reinitialize(run.latents, first, scheduler, run.generator, mask)
                     run.timesteps = self._timesteps(scheduler, request)
@@ -289,7 +289,7 @@ class VideoPipeline:
         n, length = request.num_videos, {"max_sequence_length": request.max_sequence_length}
         extra = dict(length, prompts_2=[request.prompt_2] * n if request.prompt_2 is not None else None,
                      prompts_3=[request.prompt_3] * n if request.prompt_3 is not None else None)  # fmt: skip
-        if request.prompt_travel is None and request.negative_prompt_travel is None:
+        if not request.travel.on:
             negatives = [request.negative_prompt] * n if request.cfg else None
             return self.prompt_encoder.encode_pair([request.prompt] * n, negatives, **extra)
 
@@ -297,15 +297,15 @@ class VideoPipeline:
             if travel is None:
                 return self.prompt_encoder([prompt] * n, **options)
             keyed = {f: self.prompt_encoder([p] * n, **options) for f, p in travel.items()}
-            how, frames = request.travel_interpolation, request.frames
+            how, frames = request.travel.interpolation, request.frames
             embeds = interpolate({f: c.embeds for f, c in keyed.items()}, frames, how)  # (B, F, L, D)
             pooled = None
             if next(iter(keyed.values())).pooled is not None:
                 pooled = interpolate({f: c.pooled for f, c in keyed.items()}, frames, how)  # (B, F, P)
             return Conditioning(embeds, pooled)
 
-        cond = encode(request.prompt, request.prompt_travel, extra)
-        uncond = encode(request.negative_prompt, request.negative_prompt_travel, length) if request.cfg else None
+        cond = encode(request.prompt, request.travel.prompt, extra)
+        uncond = encode(request.negative_prompt, request.travel.negative, length) if request.cfg else None
         return cond, uncond
 
     def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
@@ -434,10 +434,11 @@ class VideoPipeline:
         source: Source | None = None,
         **options,
     ) -> VideoOutput:
-        """Generate; `options` are GenerationRequest fields (frames, steps, seed, scheduler, ...)."""
+        """Generate; `options` are GenerationRequest fields (frames, steps, seed, scheduler, ...) or its groups'
+        fields by their flat names (context_length, free_init, prompt_travel, ...)."""
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgument("output_type", f"must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        request = self.resolve(GenerationRequest(prompt=prompt, **options))
+        request = self.resolve(GenerationRequest.from_options(prompt, **options))
         run = self.generate_latents(request, progress=progress, callback=callback, source=source)
         latents, timings = run.latents, run.timings
         if output_type == "latent":

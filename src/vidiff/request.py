@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 from . import checks
@@ -18,7 +18,7 @@ from .names import (
     scheduler_key,
 )
 from .travel import check_keys, check_travel
-from .windowing import DEFAULT_LENGTH, ContextOptions, default_overlap
+from .windowing import ContextOptions
 
 if TYPE_CHECKING:
     from .specs import BackboneSpec
@@ -59,6 +59,16 @@ class TravelOptions:
     negative: dict[int, str] | None = None
     interpolation: str = "linear"  # or "slerp"
 
+    def __post_init__(self) -> None:
+        for name in ("prompt", "negative"):  # JSON keys are strings
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, {_frame_key(k): v for k, v in value.items()})
+
+    @property
+    def on(self) -> bool:
+        return self.prompt is not None or self.negative is not None
+
     def validate(self, frames: int | None) -> None:
         """Keyframes well formed and, once the frame count is known, within the video."""
         for flag, travel in (("--prompt-travel", self.prompt), ("--negative-prompt-travel", self.negative)):
@@ -94,44 +104,26 @@ class GenerationRequest:
     denoising_end: float | None = None  # stop here and return noisy latents (for another model to finish)
     strength: float = 0.8  # img2img: how much of the schedule re-noises the source
     motion_scale: float = 1.0  # what the temporal layers add: 0 = the image model alone, 1 = as trained
-    context_length: int | None = None  # context windows of this many frames (None: on at 16 past the table)
-    context_overlap: int | None = None  # frames neighbouring windows share (None: 4, fewer for shorter windows)
-    context_stride: int | None = None  # frames between window starts (diffusers' context_stride); None: overlap
-    context_schedule: str = "uniform"  # uniform | looped | static
-    context_fuse: str = "pyramid"  # flat | pyramid | gauss | delayed_reverse_sawtooth
-    context_scope: str = "backbone"  # windows over the whole backbone, or only its temporal attention ("motion")
-    noise_type: str = "random"  # FreeNoise initial noise: random | shuffle | repeat
-    prompt_travel: dict[int, str] | None = None  # {frame: prompt}: the prompt changes over the frames
-    negative_prompt_travel: dict[int, str] | None = None
-    travel_interpolation: str = "linear"  # or "slerp"
-    free_init: int = 1  # FreeInit passes (1: off)
-    free_init_method: str = "butterworth"  # low-pass filter: butterworth | gaussian | ideal | box
-    free_init_order: int = 4  # butterworth's order
-    free_init_spatial: float = 0.25  # normalised spatial stop frequency
-    free_init_temporal: float = 0.25  # normalised temporal stop frequency
+    context: ContextOptions = field(default_factory=ContextOptions)  # context windows and FreeNoise
+    travel: TravelOptions = field(default_factory=TravelOptions)  # the prompt changes over the frames
+    free_init: FreeInitOptions = field(default_factory=FreeInitOptions)  # FreeInit passes and filter
+
+    @classmethod
+    def from_options(cls, prompt: str, **options) -> GenerationRequest:
+        """A request from fields and flat group keys as the flags name them (`context_length=8`,
+        `free_init=2`, `prompt_travel={0: "a cat"}`: `GROUP_FLAGS`), diffusers-style keyword arguments."""
+        flat = {k: options.pop(k) for k in list(options)
+                if k in GROUP_FLAGS and not (k in GROUPS and isinstance(options[k], GROUPS[k] | dict))}  # fmt: skip
+        return cls(prompt, **options, **groups_from(flat))
 
     def __post_init__(self) -> None:
-        for name in ("prompt_travel", "negative_prompt_travel"):  # JSON keys are strings
+        for name, group in GROUPS.items():  # a group given as a dict (JSON, or a caller's shorthand)
             value = getattr(self, name)
             if isinstance(value, dict):
-                object.__setattr__(self, name, {_frame_key(k): v for k, v in value.items()})
-
-    def context(self, length: int = DEFAULT_LENGTH) -> ContextOptions:
-        """The context-window options: windows of `context_length` frames, or `length` when it names none."""
-        length = self.context_length if self.context_length is not None else length
-        return ContextOptions(
-            length=length, stride=self.context_stride,
-            overlap=self.context_overlap if self.context_overlap is not None else default_overlap(length),
-            schedule=self.context_schedule, fuse=self.context_fuse,
-            noise=self.noise_type, scope=self.context_scope,
-        )  # fmt: skip
-
-    def free_init_options(self) -> FreeInitOptions:
-        return FreeInitOptions(self.free_init, self.free_init_method, self.free_init_order, self.free_init_spatial,
-                               self.free_init_temporal)  # fmt: skip
-
-    def travel(self) -> TravelOptions:
-        return TravelOptions(self.prompt_travel, self.negative_prompt_travel, self.travel_interpolation)
+                unknown = sorted(set(value) - {f.name for f in fields(group)})
+                if unknown:
+                    raise InvalidArgument("request", f"{name}: unknown keys {', '.join(unknown)}")
+                object.__setattr__(self, name, group(**value))
 
     @property
     def cfg(self) -> bool:
@@ -167,9 +159,12 @@ class GenerationRequest:
             raise InvalidArgument("--denoising-end", "must be greater than --denoising-start")
         c.number("--image-seed-strength", self.strength, 0, 1)
         c.number("--motion-scale", self.motion_scale, 0)
-        self.context().validate()  # the windows' own rules and the cross-field ones (overlap and stride vs length)
-        self.travel().validate(self.frames)
-        self.free_init_options().validate(split=start is not None or end is not None)
+        for name, group in GROUPS.items():
+            if not isinstance(getattr(self, name), group):
+                raise InvalidArgument("request", f"{name} must be a {group.__name__}, got {getattr(self, name)!r}")
+        self.context.validate()  # the windows' own rules and the cross-field ones (overlap and stride vs length)
+        self.travel.validate(self.frames)
+        self.free_init.validate(split=start is not None or end is not None)
         if self.scheduler is not None and scheduler_key(c.text("--scheduler", self.scheduler)) is None:
             raise InvalidArgument(
                 "--scheduler", f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULER_CLASSES)})"
@@ -182,7 +177,7 @@ class GenerationRequest:
     def resolved(self, default_size: int, spec: BackboneSpec) -> GenerationRequest:
         """Validated against the model's spec, with size, seed and scheduler filled in."""
         self.validate()
-        self.travel().validate(self.frames or DEFAULT_FRAMES)
+        self.travel.validate(self.frames or DEFAULT_FRAMES)
         scheduler = self.scheduler or spec.default_scheduler
         if spec.flow != (scheduler_key(scheduler) in FLOW_SCHEDULERS):
             kind = "flow-matching (flow-euler)" if spec.flow else "diffusion"
@@ -201,6 +196,33 @@ class GenerationRequest:
             seed=secrets.randbelow(2**31) if self.seed is None else self.seed,
             scheduler=scheduler,
         )
+
+
+GROUPS = {"context": ContextOptions, "travel": TravelOptions, "free_init": FreeInitOptions}
+GROUP_FLAGS = {  # each group field by the flag (its argparse dest, a flat job's key) that sets it
+    "context_length": ("context", "length"), "context_overlap": ("context", "overlap"),
+    "context_stride": ("context", "stride"), "context_schedule": ("context", "schedule"),
+    "context_fuse": ("context", "fuse"), "context_scope": ("context", "scope"), "noise_type": ("context", "noise"),
+    "prompt_travel": ("travel", "prompt"), "negative_prompt_travel": ("travel", "negative"),
+    "travel_interpolation": ("travel", "interpolation"),
+    "free_init": ("free_init", "passes"), "free_init_method": ("free_init", "method"),
+    "free_init_order": ("free_init", "order"), "free_init_spatial": ("free_init", "spatial"),
+    "free_init_temporal": ("free_init", "temporal"),
+}  # fmt: skip
+
+
+def groups_from(values: dict) -> dict:
+    """The request's option groups from flat keys (`GROUP_FLAGS`); keys with None are left to the defaults."""
+    given: dict[str, dict] = {}
+    for key, (group, name) in GROUP_FLAGS.items():
+        if values.get(key) is not None:
+            given.setdefault(group, {})[name] = values[key]
+    return {group: GROUPS[group](**options) for group, options in given.items()}
+
+
+def flat_groups(request: GenerationRequest) -> dict:
+    """The request's group fields under their flat keys (the inverse of `groups_from`)."""
+    return {key: getattr(getattr(request, group), name) for key, (group, name) in GROUP_FLAGS.items()}
 
 
 def _frame_key(key):

@@ -3,7 +3,7 @@ validation, the memory preflight and the pipeline all take from here."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import checks
 from .errors import InvalidArgument
@@ -20,15 +20,28 @@ def default_overlap(length: int) -> int:
 
 @dataclass(frozen=True)
 class ContextOptions:
-    """Context windows: `length` frames each, starting every `stride` frames (None: `length - overlap`)."""
+    """The context-window group of a request: windows of `length` frames, starting every `stride` frames
+    (None: `length - overlap`), fused per frame; FreeNoise's initial noise. Left open (None), the length is 16
+    (or the backbone's table, if shorter) and the windows come on by themselves past the table."""
 
-    length: int = DEFAULT_LENGTH
-    stride: int | None = None  # frames between window starts; None: length - overlap
-    overlap: int = DEFAULT_OVERLAP
-    schedule: str = "uniform"
-    fuse: str = "pyramid"
-    noise: str = "random"
-    scope: str = "backbone"
+    length: int | None = None  # frames per window
+    overlap: int | None = None  # frames neighbouring windows share (None: 4, fewer for shorter windows)
+    stride: int | None = None  # frames between window starts (diffusers' context_stride); None: from the overlap
+    schedule: str = "uniform"  # uniform | looped | static
+    fuse: str = "pyramid"  # flat | pyramid | gauss | delayed_reverse_sawtooth
+    noise: str = "random"  # FreeNoise initial noise: random | shuffle | repeat
+    scope: str = "backbone"  # windows over the whole backbone, or only its temporal attention ("motion")
+
+    @property
+    def asked(self) -> bool:
+        """Windows were asked for (a length, or FreeNoise's noise), not only allowed."""
+        return self.length is not None or self.noise != "random"
+
+    def resolved(self, length: int = DEFAULT_LENGTH) -> ContextOptions:
+        """With the length (`length` when it names none) and the overlap filled in."""
+        length = self.length if self.length is not None else length
+        overlap = self.overlap if self.overlap is not None else default_overlap(length)
+        return replace(self, length=length, overlap=overlap)
 
     @property
     def motion_only(self) -> bool:
@@ -40,7 +53,10 @@ class ContextOptions:
         return self.stride if self.stride is not None else self.length - self.overlap
 
     def validate(self) -> None:
-        """Every single-field and cross-field rule of the windows."""
+        """Every single-field and cross-field rule of the windows (an open length taken as 16)."""
+        if self.length is None or self.overlap is None:
+            checks.integer("--context-length", self.length if self.length is not None else DEFAULT_LENGTH, 1)
+            return self.resolved().validate()
         checks.integer("--context-length", self.length, 1)
         if self.stride is None and not 0 <= checks.integer("--context-overlap", self.overlap, 0) < self.length:
             raise InvalidArgument("--context-overlap", f"must be in [0, {self.length}) for windows of "
@@ -58,7 +74,6 @@ def context_for(request, frames: int, table: int | None = None) -> ContextOption
     """The windows a request runs in over `frames` latent frames, for a backbone whose positional table holds
     `table` frames (None: not known yet, or unbounded): asked for (a length, or FreeNoise's noise), or on by
     themselves past the table; None when the backbone sees every frame at once."""
-    asked = request.context_length is not None or request.noise_type != "random"
-    if not asked and (table is None or frames <= table):
+    if not request.context.asked and (table is None or frames <= table):
         return None
-    return request.context(min(DEFAULT_LENGTH, table or DEFAULT_LENGTH))
+    return request.context.resolved(min(DEFAULT_LENGTH, table or DEFAULT_LENGTH))

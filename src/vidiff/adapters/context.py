@@ -85,7 +85,7 @@ class ContextWindowDenoiser(VideoDenoiser):
 
     def __init__(self, inner: VideoDenoiser, options: ContextOptions) -> None:
         options.validate()
-        self.inner, self.options = inner, options
+        self.inner, self.options = inner, options.resolved()  # an open length: 16 frames
         self.latent_channels = inner.latent_channels
 
     @property
