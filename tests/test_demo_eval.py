@@ -84,3 +84,24 @@ def test_noise_independence_counts_noises_whose_four_prompts_move_four_ways():
     same = results(lambda d, seed: ("left", "right", "up")[seed])  # the noise decides
     assert noise_independence(same) == (0.0, 3)
     assert noise_independence(same[:7]) == (0.0, 1)  # seed 1 lacks a prompt
+
+
+@pytest.mark.parametrize("direction", ["left", "right", "up", "down"])
+def test_crossing_clips_go_edge_to_edge(direction):
+    """`--data demo-crossing`: the direction word alone fixes the track along its axis (first frame at one
+    edge, last at the other), whatever the seed; the evaluator reads them like any clip."""
+    from vidiff.train.data import open_data
+
+    tracks = []
+    for seed in range(3):
+        clip = render_clip("red", "circle", direction, np.random.default_rng(seed), crossing=True)
+        assert analyse(clip.frames).direction == direction
+        mask = (clip.frames != BACKGROUND).any(-1)  # (F, H, W)
+        across = 0 if direction in ("left", "right") else 1  # columns (x) or rows (y) where the object is
+        centres = [np.nonzero(m.any(across))[0].mean() for m in mask]  # along the travel axis, per frame
+        tracks.append(np.array(centres))
+    first, last = (0, -1) if direction in ("right", "down") else (-1, 0)
+    assert all(t[first] < 12 and t[last] > 51 for t in tracks)  # 64 pixels: near one edge, then the other
+    assert np.abs(tracks[0] - tracks[1]).max() < 4  # the same track up to the object's size
+    videos, captions = open_data("demo-crossing", 16, 64).clips(np.random.default_rng(0), 2)
+    assert videos.shape == (2, 16, 3, 64, 64) and all(c.startswith("a ") for c in captions)

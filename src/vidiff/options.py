@@ -121,7 +121,11 @@ def add_train_arguments(tr: argparse.ArgumentParser) -> None:
     """`vidiff train`'s flags: TrainConfig's fields."""
     tr.add_argument("stage", choices=TRAIN_STAGES, help="vae, image (UNet + text encoder), or motion")
     tr.add_argument("--model", required=True, help="SD 1.x folder: trained in place (vae, image) or frozen (motion)")
-    tr.add_argument("--data", default="demo", help="'demo' (synthetic shapes) or a folder of captioned videos")
+    tr.add_argument(
+        "--data",
+        default="demo",
+        help="'demo' (synthetic shapes), 'demo-crossing' (each crossing the frame), or a folder of captioned videos",
+    )
     tr.add_argument("--out", help="motion stage: MotionAdapter folder to write (default: MODEL/motion_adapter)")
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--batch-size", type=int, default=16)

@@ -71,14 +71,22 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = SIZE) -> 
 
 
 def render_clip(
-    color: str, shape: str, direction: str, rng: np.random.Generator, frames: int = FRAMES, size: int = SIZE
+    color: str,
+    shape: str,
+    direction: str,
+    rng: np.random.Generator,
+    frames: int = FRAMES,
+    size: int = SIZE,
+    crossing: bool = False,
 ) -> Clip:
-    """A clip with a random size, speed and start position; the shape stays inside the frame throughout."""
+    """A clip with a random size, speed and start position; the shape stays inside the frame throughout.
+    `crossing`: it crosses the whole frame, edge to edge, so the direction word alone fixes where it is in
+    every frame along its axis (only the other coordinate and the size are random)."""
     r = rng.uniform(6.0, 10.0)
-    speed = rng.uniform(1.2, 2.2)  # pixels per frame
-    travel = speed * (frames - 1)
     dx, dy = DIRECTIONS[direction]
     lo, hi = r + 1, size - r - 1
+    speed = (hi - lo) / (frames - 1) if crossing else rng.uniform(1.2, 2.2)  # pixels per frame
+    travel = speed * (frames - 1)
 
     def start(d: int) -> float:
         if d == 0:

@@ -37,16 +37,17 @@ def pick_frames(
 
 
 class DemoClips:
-    """Infinite synthetic clips of the seen colour x shape x direction combinations."""
+    """Infinite synthetic clips of the seen colour x shape x direction combinations (`crossing`: each crosses
+    the frame edge to edge, `--data demo-crossing`)."""
 
-    def __init__(self, frames: int = 16, size: int = 64) -> None:
+    def __init__(self, frames: int = 16, size: int = 64, crossing: bool = False) -> None:
         if size != 64:
             raise InvalidArgument("--size", "the demo data is 64x64 pixels")
-        self.frames = frames
+        self.frames, self.crossing = frames, crossing
 
     def clips(self, rng: np.random.Generator, batch: int) -> tuple[torch.Tensor, list[str]]:
         picks = [SEEN[i] for i in rng.integers(len(SEEN), size=batch)]
-        clips = [render_clip(*c, rng, self.frames) for c in picks]
+        clips = [render_clip(*c, rng, self.frames, crossing=self.crossing) for c in picks]
         return torch.stack([to_tensor(c.frames) for c in clips]), [c.caption for c in clips]  # (B, F, 3, H, W)
 
     def images(
@@ -103,4 +104,9 @@ class VideoFolder:
 
 
 def open_data(spec: str, frames: int, size: int) -> DemoClips | VideoFolder:
-    return DemoClips(frames, size) if spec == "demo" else VideoFolder(spec, frames, size)
+    if spec in DEMO_DATA:
+        return DemoClips(frames, size, crossing=spec == "demo-crossing")
+    return VideoFolder(spec, frames, size)
+
+
+DEMO_DATA = ("demo", "demo-crossing")
