@@ -228,6 +228,7 @@ def test_flat_options_make_the_same_job_as_the_flags(tmp_path):
         ({"prompt": "a", "steps": "many"}, "job: steps: 'many' is not a valid value"),
         ({"prompt": "a", "scheduler": ["ddim"]}, "job: scheduler: ['ddim'] is not a valid value (expected a single"),
         ({"prompt": "a", "frames": True}, "job: frames: True is not a valid value"),
+        ({"prompt": 1.0}, "prompt: must be"),
         ({"prompt": "a", "context_fuse": "max"}, "job: context_fuse: 'max' is not a valid value"),
     ]:
         with pytest.raises(InvalidArgument, match=re.escape(message)):

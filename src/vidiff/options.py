@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import checks
 from .accel.configs import DeepCacheConfig, PABConfig
 from .errors import InvalidArgument
 from .names import (
@@ -246,7 +247,7 @@ def job_from_options(options: dict, defaults: argparse.Namespace | None = None):
         name = key.replace("-", "_")
         dest = ALIASES.get(name, name)
         if dest == "prompt":
-            args.prompt = value
+            args.prompt = checks.text("prompt", value)
             continue
         if dest not in known:
             raise InvalidArgument("job", f"unknown option {key!r}")
