@@ -137,11 +137,11 @@ def _list_option(key: str, value: list) -> bool:
 
 def defaults_from(args: argparse.Namespace) -> argparse.Namespace:
     """The generate options given to `vidiff batch` (its defaults for every job)."""
-    from .options import option_parser
+    from .options import option_defaults
 
     if getattr(args, "resume", None):
         raise InvalidArgument("--resume", "resumes one render; a batch resumes through its manifest")
-    base = vars(option_parser().parse_args([]))
+    base = option_defaults()
     return argparse.Namespace(**{k: getattr(args, k, v) for k, v in base.items()} | {"prompt": None, "output": None})
 
 

@@ -4,6 +4,7 @@ they describe."""
 from __future__ import annotations
 
 import argparse
+import functools
 
 from . import checks
 from .accel.configs import DeepCacheConfig, PABConfig
@@ -224,8 +225,10 @@ class _OptionParser(argparse.ArgumentParser):
         raise InvalidArgument("option", message)
 
 
+@functools.cache
 def option_parser() -> argparse.ArgumentParser:
-    """`vidiff generate`'s options, without the prompt and the output: what a flat job's keys may name."""
+    """`vidiff generate`'s options, without the prompt and the output: what a flat job's keys may name. Built
+    once (a batch converts every line with it); parsing into a given namespace leaves it unchanged."""
     parser = _OptionParser(add_help=False, exit_on_error=False)
     add_generate_arguments(parser)
     return parser
@@ -241,7 +244,7 @@ def job_from_options(options: dict, defaults: argparse.Namespace | None = None):
     "frames": 16, "lora": ["a.safetensors:0.8"], "pab": true, "context-length": 12}), read by the generate
     parser's own types and choices over `defaults` (a Namespace of the same options, e.g. `vidiff batch`'s)."""
     parser = option_parser()
-    known = vars(parser.parse_args([]))
+    known = option_defaults()
     args = argparse.Namespace(**(known | {"prompt": None} | vars(defaults or argparse.Namespace())))
     for key, value in options.items():
         name = key.replace("-", "_")
@@ -260,6 +263,12 @@ def job_from_options(options: dict, defaults: argparse.Namespace | None = None):
         if value is False:  # an off switch: the flag's own default, whatever `defaults` said
             setattr(args, dest, parser.get_default(dest))
     return job_from_args(args)
+
+
+@functools.cache
+def option_defaults() -> dict:
+    """Every generate option's default, by its dest (shared: read it, copy it to change it)."""
+    return vars(option_parser().parse_args([]))
 
 
 def _argv(flag: str, dest: str, value) -> list[str]:

@@ -10,7 +10,6 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
-from . import checks
 from .accel.configs import CACHES, CacheConfig, DeepCacheConfig, PABConfig, cache_configs
 from .accel.deep_cache import apply_deep_cache
 from .accel.pab import apply_pab
@@ -25,7 +24,6 @@ from .image_seeds import ImageSeed
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
 from .memory import clock
-from .names import GROUPNORM_MODES, MODES
 from .request import GenerationRequest
 from .schedules import (
     add_noise,
@@ -97,9 +95,15 @@ class VideoOutput:
 
     frames: list | None
     latents: Tensor | None
-    request: GenerationRequest
-    timings: Timings
     run: Run  # for `snapshot`
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.run.request
+
+    @property
+    def timings(self) -> Timings:
+        return self.run.timings
 
 
 class VideoPipeline:
@@ -136,10 +140,7 @@ class VideoPipeline:
             model = LoadSettings(model, motion_module, **settings)
         elif motion_module is not None or settings:
             model = replace(model, **settings, **({"motion_module": motion_module} if motion_module else {}))
-        checks.choice("--groupnorm", model.groupnorm, GROUPNORM_MODES, "mode")
-        checks.choice("--mode", model.mode, MODES, "mode")
-        if model.frame_batch is not None and model.frame_batch < 1:
-            raise InvalidArgument("--frame-batch", f"must be >= 1, got {model.frame_batch}")
+        model.check_values()
         device = resolve_device(model.device)
         folder = resolve_model_folder(model.model)
         spec = detect(folder)
@@ -440,12 +441,11 @@ class VideoPipeline:
             raise InvalidArgument("output_type", f"must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         request = self.resolve(GenerationRequest.from_options(prompt, **options))
         run = self.generate_latents(request, progress=progress, callback=callback, source=source)
-        latents, timings = run.latents, run.timings
         if output_type == "latent":
-            return VideoOutput(None, latents, request, timings, run)
-        videos = [np.concatenate(list(self.decode(video, decode_chunk_size, timings))) for video in latents]
+            return VideoOutput(None, run.latents, run)
+        videos = [np.concatenate(list(self.decode(video, decode_chunk_size, run.timings))) for video in run.latents]
         if output_type == "pil":
             from PIL import Image
 
             videos = [[Image.fromarray(frame) for frame in video] for video in videos]
-        return VideoOutput(videos, latents, request, timings, run)
+        return VideoOutput(videos, run.latents, run)

@@ -111,14 +111,13 @@ class Renderer:
         checkpoint = resume_file if job.checkpoint_every else None
 
         # 3. Denoise (checkpointing); an interruption keeps the last checkpoint and says how to resume.
+        def on_step(step: int, t, latents) -> None:
+            if checkpoint is not None and step % job.checkpoint_every == 0:
+                save_latents(checkpoint, _snapshot(pipe, job, run, latents, step), overwrite=True)
+
         with PeakMemory(pipe.device) as memory:
-            run = pipe.prepare(request, source)
-
-            def on_step(step: int, t, latents) -> None:
-                if checkpoint is not None and step % job.checkpoint_every == 0:
-                    save_latents(checkpoint, _snapshot(pipe, job, run, latents, step), overwrite=True)
-
             try:
+                run = pipe.prepare(request, source)
                 latents = pipe.sample(run, progress=progress, callback=on_step).latents
             except KeyboardInterrupt as e:
                 saved = checkpoint if checkpoint is not None and checkpoint.exists() else None

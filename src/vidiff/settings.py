@@ -38,12 +38,20 @@ class LoadSettings:
                 object.__setattr__(self, name, tuple(value))
 
     def validate(self) -> None:
-        """Every check that needs no weights: names, ranges, files named, combinations."""
-        c = checks
-        c.text("--model", self.model, empty=False)
+        """Every check that needs no weights: the values, then the files they name."""
+        self.check_values()
         for flag, path in (("--motion-module", self.motion_module), ("--vae", self.vae)):
             if path is not None:
-                c.existing(flag, path)
+                checks.existing(flag, path)
+        for flag, specs in (("--lora", self.loras), ("--motion-lora", self.motion_loras)):
+            for spec in specs:
+                checks.existing(flag, checks.weighted_file(flag, spec)[0])
+
+    def check_values(self) -> None:
+        """Names, ranges and combinations, without touching the file system (`from_pretrained` runs these; the
+        loaders say what is wrong with a file)."""
+        c = checks
+        c.text("--model", self.model, empty=False)
         c.choice("--mode", self.mode, MODES)
         if self.frame_by_frame and (self.motion_module or self.motion_loras):
             flag = "--motion-module" if self.motion_module else "--motion-lora"
@@ -56,8 +64,6 @@ class LoadSettings:
         for flag, specs in (("--lora", self.loras), ("--motion-lora", self.motion_loras)):
             if not isinstance(specs, tuple):
                 raise InvalidArgument(flag, f"must be a list of FILE[:SCALE], got {specs!r}")
-            for spec in specs:
-                c.existing(flag, c.weighted_file(flag, spec)[0])
         c.choice("--dtype", self.dtype, DTYPE_NAMES, "dtype")
         c.choice("--device", c.text("--device", self.device).split(":")[0], DEVICE_KINDS, "device")
         for flag, value in (("--no-t5", self.use_t5), ("--fuse-loras", self.fuse_loras)):

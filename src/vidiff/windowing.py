@@ -54,10 +54,10 @@ class ContextOptions:
 
     def validate(self) -> None:
         """Every single-field and cross-field rule of the windows (an open length taken as 16)."""
+        if self.length is not None:
+            checks.integer("--context-length", self.length, 1)
         if self.length is None or self.overlap is None:
-            checks.integer("--context-length", self.length if self.length is not None else DEFAULT_LENGTH, 1)
             return self.resolved().validate()
-        checks.integer("--context-length", self.length, 1)
         if self.stride is None and not 0 <= checks.integer("--context-overlap", self.overlap, 0) < self.length:
             raise InvalidArgument("--context-overlap", f"must be in [0, {self.length}) for windows of "
                                   f"{self.length} frames, got {self.overlap}")  # fmt: skip

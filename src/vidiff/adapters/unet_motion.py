@@ -20,7 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditi
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from ..errors import InvalidArgument, LoadError
+from ..errors import LoadError
 from ..loading import CLIP_TOKENIZER, load_part, require_parts
 from ..lora import apply_loras
 from ..motion.animatediff_format import MotionModule, folder_version, load_motion_module
@@ -235,9 +235,7 @@ def build(source: Path, options: LoadOptions) -> Loaded:
     unet = _unet(source, options, notes, image_unet)
     if options.loras:
         notes += apply_loras(unet, text_encoder, list(options.loras), "--lora", fuse=settings.fuse_loras)
-    if options.motion_loras:
-        if settings.frame_by_frame:
-            raise InvalidArgument("--motion-lora", "needs motion modules (not --mode sequential)")
+    if options.motion_loras:  # never in sequential mode (LoadSettings refuses it)
         notes += apply_loras(unet, None, list(options.motion_loras), "--motion-lora", motion_only=True)
     for module in (text_encoder, vae, unet):
         module.to(device).eval().requires_grad_(False)
