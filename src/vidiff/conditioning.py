@@ -2,29 +2,41 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .controlnets import Control
 
 
 @dataclass
 class Conditioning:
     """Prompt conditioning for one side of classifier-free guidance, batch-first: one per video, or one per
-    frame (prompt travel)."""
+    frame (prompt travel); and the ControlNets steering both sides (their images per frame)."""
 
     embeds: Tensor  # (B, L, D) token embeddings, or (B, F, L, D) per frame
     pooled: Tensor | None = None  # (B, P) or (B, F, P) pooled embeddings, for backbones that take them (SD 3)
+    control: tuple[Control, ...] = ()  # ControlNets and SparseCtrl, images for every frame
 
     @property
     def per_frame(self) -> bool:
         return self.embeds.dim() == 4
 
     def frames(self, index: Tensor | slice) -> Conditioning:
-        """The conditioning of some frames (a window, a batch of frames); unchanged when it is per video."""
+        """The conditioning of some frames (a window, a batch of frames): per-frame prompts and control images."""
+        control = tuple(c.frames(index) for c in self.control)
         if not self.per_frame:
+            return replace(self, control=control)
+        return Conditioning(self.embeds[:, index], None if self.pooled is None else self.pooled[:, index], control)
+
+    def at_step(self, i: int, steps: int) -> Conditioning:
+        """As it acts at step i of the full schedule: without the ControlNets whose span does not cover it."""
+        if not self.control:
             return self
-        return Conditioning(self.embeds[:, index], None if self.pooled is None else self.pooled[:, index])
+        return replace(self, control=tuple(c for c in self.control if c.at_step(i, steps) is not None))
 
     def flat(self, frames: int) -> tuple[Tensor, Tensor | None]:
         """(B*F, L, D) embeddings and (B*F, P) pooled ones, frame-major per video, for frames in the batch."""
@@ -39,14 +51,15 @@ class Conditioning:
         if self.per_frame:
             return self
         pooled = None if self.pooled is None else self.pooled[:, None].expand(-1, frames, -1)  # (B, F, P)
-        return Conditioning(self.embeds[:, None].expand(-1, frames, -1, -1), pooled)  # (B, F, L, D)
+        return Conditioning(self.embeds[:, None].expand(-1, frames, -1, -1), pooled, self.control)  # (B, F, L, D)
 
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
         """Stack conditionings along the batch, e.g. [uncond, cond] for one batched CFG pass (per frame if any
-        part is)."""
+        part is); the ControlNets (shared by the parts) are kept once."""
         if any(p.per_frame for p in parts):
             frames = next(p.embeds.shape[1] for p in parts if p.per_frame)
             parts = [p.expand(frames) for p in parts]
         pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])  # (sum B, ...)
-        return Conditioning(torch.cat([p.embeds for p in parts]), pooled)  # (sum B, ...)
+        control = next((p.control for p in parts if p.control), ())
+        return Conditioning(torch.cat([p.embeds for p in parts]), pooled, control)  # (sum B, ...)

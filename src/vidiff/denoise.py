@@ -89,7 +89,7 @@ def denoise(
             cache.step(t.item())
         model_in = torch.cat([latents, latents]) if uncond is not None else latents  # (2B | B, C, F, h, w)
         model_in = scale_model_input(scheduler, model_in, t)
-        out = denoiser.predict(model_in, t, both)  # (2B | B, C, F, h, w)
+        out = denoiser.predict(model_in, t, both.at_step(i, len(timesteps)))  # (2B | B, C, F, h, w)
         if uncond is not None:
             out_uncond, out_cond = out.chunk(2)  # (B, C, F, h, w) each
             out = out_uncond + guidance_scale * (out_cond - out_uncond)

@@ -4,9 +4,12 @@
     "src"                                      img2img / video-to-video source
     "src;latents=f.pt"                         the source, continuing from noisy latents
     "src;mask=m.png;latents=f.pt"              inpainting: the mask's white is repainted
+    "ctrl"  or  "ctrl_a, ctrl_b"               with --control-nets: the control source(s), one per ControlNet
+    "src;control=ctrl_a, ctrl_b"               video-to-video (or inpainting with mask=) steered by them
 
 `src` is an image (used for every frame), a video (mp4/gif/webp/...), a folder of frames, or a latents
-file, which the VAE decodes first. A mask is an image (every frame) or a video.
+file, which the VAE decodes first. A mask is an image (every frame) or a video. A control source is an
+image (every frame), a video or a folder of frames.
 """
 
 from __future__ import annotations
@@ -23,32 +26,46 @@ class ImageSeed:
     image: Path | None = None
     mask: Path | None = None
     latents: Path | None = None
+    control: tuple[Path, ...] = ()  # one control source per ControlNet, in order
 
 
-def parse_image_seed(spec: str) -> ImageSeed:
-    """Parse and check one spec; one-line errors for a malformed spec or a missing file."""
+def parse_image_seed(spec: str, control_nets: int = 0) -> ImageSeed:
+    """Parse and check one spec (`control_nets`: how many ControlNets the job names); one-line errors for a
+    malformed spec, a missing file, or control sources that do not match the ControlNets."""
     from .errors import InvalidArgument
 
     parts = [p.strip() for p in spec.split(";")]
     if not all(parts):
         raise InvalidArgument(ARG, f"malformed spec {spec!r}: empty part")
-    found: dict[str, Path] = {}
+    found: dict[str, str] = {}
     for i, part in enumerate(parts):
-        keyed = re.fullmatch(r"(latents|mask)\s*[:=]\s*(.*)", part)
+        keyed = re.fullmatch(r"(latents|mask|control)\s*[:=]\s*(.*)", part)
         if keyed:
             key, value = keyed.group(1), keyed.group(2).strip()
         elif i == 0:
             key, value = "image", part
         else:
-            raise InvalidArgument(ARG, f"malformed spec {spec!r}: {part!r} is not mask=... or latents=...")
+            raise InvalidArgument(ARG, f"malformed spec {spec!r}: {part!r} is not mask=, latents= or control=")
         if not value:
             raise InvalidArgument(ARG, f"malformed spec {spec!r}: {key} names no file")
         if key in found:
             raise InvalidArgument(ARG, f"malformed spec {spec!r}: {key} given twice")
-        found[key] = Path(value).expanduser()
+        found[key] = value
+    if control_nets and "control" not in found and "image" in found:  # dgenerate: a bare source steers
+        if "mask" in found:
+            raise InvalidArgument(ARG, f"{spec!r}: inpainting with ControlNets names its control images: "
+                                  "SRC;mask=MASK;control=CTRL")  # fmt: skip
+        found["control"] = found.pop("image")
     if "mask" in found and "image" not in found:
         raise InvalidArgument(ARG, f"malformed spec {spec!r}: a mask needs an image or video before it")
-    for path in found.values():
+    control = tuple(Path(p.strip()).expanduser() for p in found.pop("control", "").split(",") if p.strip())
+    if control and not control_nets:
+        raise InvalidArgument(ARG, f"{spec!r} names control images but no --control-nets are given")
+    if control_nets and len(control) != control_nets:
+        raise InvalidArgument(ARG, f"{len(control)} control sources for {control_nets} ControlNets (one per "
+                              "--control-nets entry, in order)")  # fmt: skip
+    paths = {k: Path(v).expanduser() for k, v in found.items()}
+    for path in (*paths.values(), *control):
         if not path.exists():
             raise InvalidArgument(ARG, f"no such file: {path}")
-    return ImageSeed(**found)
+    return ImageSeed(**paths, control=control)

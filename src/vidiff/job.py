@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from . import checks
 from .accel.configs import DeepCacheConfig, PABConfig
 from .errors import InvalidArgument
-from .image_seeds import parse_image_seed
+from .image_seeds import ImageSeed, parse_image_seed
+from .media import check_count, frame_count
 from .names import LATENT_SUFFIXES, PRESET_NAMES, is_latents_path
 from .outputs import check_fps, check_output, writable_folder
 from .request import DEFAULT_FRAMES, GROUPS, GenerationRequest, flat_groups
@@ -69,7 +70,11 @@ class RenderJob:
         for config in (self.pab, self.deep_cache):
             if config is not None:
                 config.validate()
-        seed = parse_image_seed(c.text("--image-seeds", self.image_seeds)) if self.image_seeds is not None else None
+        nets = len(self.request.control.nets)
+        seed = None
+        if self.image_seeds is not None:
+            seed = parse_image_seed(c.text("--image-seeds", self.image_seeds), nets)
+        self._check_control(seed)
         starts_from_latents = self.resume is not None or (seed is not None and seed.latents is not None)
         if self.request.denoising_start is not None and not starts_from_latents:
             raise InvalidArgument("--denoising-start", 'needs latents to continue: --image-seeds "latents: FILE"')
@@ -90,6 +95,17 @@ class RenderJob:
             writable_folder("--output", Path.cwd())  # a name is made up after loading, in this folder
         elif output:
             check_output(self.output, self.overwrite)
+
+    def _check_control(self, seed: ImageSeed | None) -> None:
+        """ControlNets have their control sources, each with the frames it must give (a still: every frame)."""
+        control = self.request.control
+        if control.on and (seed is None or not seed.control):
+            raise InvalidArgument("--control-nets", "needs control images: --image-seeds CTRL (or SRC;control=CTRL)")
+        frames = self.request.frames or (None if seed and seed.latents else DEFAULT_FRAMES)  # None: the latents'
+        for uri, path in zip(control.uris(), seed.control if seed else (), strict=False):
+            count, wanted = (len(uri.frames), "its frames= names") if uri.frames else (frames, "--frames is")
+            if count is not None:
+                check_count(frame_count(path, "--image-seeds"), count, path, "--image-seeds", wanted)
 
     def to_dict(self) -> dict:
         return asdict(self)

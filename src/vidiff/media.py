@@ -49,10 +49,33 @@ def read_frames(path: str | Path, width: int, height: int, argument: str) -> np.
         raise InvalidArgument(argument, f"cannot read {path} as an image or video ({reason})") from e
 
 
-def take_frames(frames: np.ndarray, count: int, path: str | Path, argument: str) -> np.ndarray:
-    """A still image is repeated; a video gives its first `count` frames and must have that many."""
+def take_frames(frames: np.ndarray, count: int, path: str | Path, argument: str, wanted: str = "") -> np.ndarray:
+    """A still image is repeated; a video gives its first `count` frames and must have that many (`wanted`:
+    what asks for them, in the error; default --frames)."""
     if len(frames) == 1:
         return np.repeat(frames, count, axis=0)
-    if len(frames) < count:
-        raise InvalidArgument(argument, f"{Path(path).name} has {len(frames)} frames; --frames is {count}")
+    check_count(len(frames), count, path, argument, wanted)
     return frames[:count]
+
+
+def check_count(have: int, count: int, path: str | Path, argument: str, wanted: str = "") -> None:
+    """Refuse a video or folder of fewer than `count` frames (a still image is fine: it is repeated)."""
+    if 1 < have < count or (have == 0 and count):
+        raise InvalidArgument(argument, f"{Path(path).name} has {have} frames; {wanted or '--frames is'} {count}")
+
+
+def frame_count(path: str | Path, argument: str) -> int:
+    """How many frames an image (1), animation, video or folder of frames holds, without resizing them."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(1 for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    try:
+        if path.suffix.lower() in (*IMAGE_SUFFIXES, ".gif"):
+            with Image.open(path) as image:
+                return getattr(image, "n_frames", 1)
+        import imageio.v3 as iio
+
+        return sum(1 for _ in iio.imiter(path))
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InvalidArgument(argument, f"cannot read {path} as an image or video ({reason})") from e

@@ -111,7 +111,13 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--pab-range", type=int, nargs=2, default=(100, 800), metavar=("LO", "HI"), help="timesteps")
     gen.add_argument("--deep-cache", type=int, nargs="?", const=DEFAULT_DEEP_CACHE_SKIP, metavar="N",
                      help="UNets: recompute inner blocks every N steps, reuse them between (DeepCache)")  # fmt: skip
-    gen.add_argument("--image-seeds", help='"latents: f.pt" | "src" | "src;latents=f.pt" | "src;mask=m.png"')
+    gen.add_argument("--image-seeds", help='"latents: f.pt" | "src" | "src;latents=f.pt" | "src;mask=m.png" | '
+                     '"src;control=ctrl" (with --control-nets a bare "ctrl" steers)')  # fmt: skip
+    gen.add_argument("--control-nets", action="append", metavar="URI",
+                     help='"PATH;scale=1.0;start=0.0;end=1.0" ControlNet (folder or A1111 file); SparseCtrl: '
+                     '"PATH;frames=0,8,15"; repeatable or comma-separated')  # fmt: skip
+    gen.add_argument("--control-image-processors", nargs="+", metavar="PROCESSOR",
+                     help='one per ControlNet, in order: "canny;lower=100;upper=200", invert, none')  # fmt: skip
     gen.add_argument("--image-seed-strength", type=float, default=0.8, help="img2img: share of the schedule re-run")
     gen.add_argument("--denoising-start", type=float, help="fraction of the schedule the input latents have done")
     gen.add_argument("--denoising-end", type=float, help="stop at this fraction and save the noisy latents")
@@ -235,8 +241,8 @@ def option_parser() -> argparse.ArgumentParser:
 
 
 ALIASES = {"lora": "loras", "motion_lora": "motion_loras"}  # a flag whose value is kept under another name
-APPENDED = ("loras", "motion_loras")  # repeatable flags: a list is one flag per item
-LIST_FLAGS = (*APPENDED, "pab_range")  # options whose value is itself a list
+APPENDED = ("loras", "motion_loras", "control_nets")  # repeatable flags: a list is one flag per item
+LIST_FLAGS = (*APPENDED, "pab_range", "control_image_processors")  # options whose value is itself a list
 
 
 def job_from_options(options: dict, defaults: argparse.Namespace | None = None):

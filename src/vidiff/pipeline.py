@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+from diffusers import SparseControlNetModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from torch import Tensor
+from torch import Tensor, nn
 
 from .accel.configs import CACHES, CacheConfig, DeepCacheConfig, PABConfig, cache_configs
 from .accel.deep_cache import apply_deep_cache
@@ -17,6 +18,7 @@ from .adapters.base import Loaded, LoadOptions, VideoDenoiser
 from .adapters.context import ContextWindowDenoiser
 from .codec import LatentCodec
 from .conditioning import Conditioning
+from .controlnets import Control, check_control_fits, load_control_model
 from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
 from .free_init import low_pass, reinitialize
@@ -120,6 +122,7 @@ class VideoPipeline:
         self.load_seconds = loaded.seconds
         self.notes = loaded.notes  # what loading found out (detected motion-module version, GroupNorm mode)
         self.accelerators: dict[str, Cache] = {}  # name -> applied accelerator, reset and stepped by the loop
+        self.control_models: dict[str, nn.Module] = {}  # ControlNets by path, loaded once (warm across jobs)
 
     @classmethod
     def from_pretrained(cls, model: str | LoadSettings, motion_module: str | None = None, **settings) -> VideoPipeline:
@@ -205,6 +208,7 @@ class VideoPipeline:
         # 1. Encode the prompt (and the negative prompt for classifier-free guidance).
         start = clock(self.device)
         cond, uncond = self._encode(request)
+        cond = replace(cond, control=self._controls(request, source))
         timings.encode = clock(self.device) - start
         # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
         scheduler = make_scheduler(
@@ -233,6 +237,46 @@ class VideoPipeline:
                 "--free-init", "re-samples a whole text-to-video run from noise (no sources, no split)"
             )
         return run
+
+    def control_model(self, path: str) -> nn.Module:
+        """A ControlNet or SparseCtrl model (folder or single file), loaded once and kept for later runs."""
+        if path not in self.control_models:
+            if not self.spec.controlnets:
+                raise InvalidArgument("--control-nets", f"ControlNets steer UNet backbones; this is {self.spec.name}")
+            model = load_control_model(path, self.denoiser.dtype, self.device)
+            check_control_fits(model, self.denoiser.module, path)
+            self.control_models[path] = model
+        return self.control_models[path]
+
+    def _controls(self, request: GenerationRequest, source: Source) -> tuple[Control, ...]:
+        """Each ControlNet with its images for every frame: RGB in [0, 1] (1, 3, F, H, W); SparseCtrl's placed on
+        its frames (RGB ones VAE-encoded), zeros elsewhere, with the mask of those frames."""
+        if not request.control.on:
+            return ()
+        if source.control is None:
+            raise InvalidArgument("--control-nets", 'needs control images: --image-seeds "CTRL"')
+        controls = []
+        for uri, images in zip(request.control.uris(), source.control, strict=True):
+            model = self.control_model(uri.path)
+            x = torch.from_numpy(images).permute(3, 0, 1, 2)[None].to(self.device, self.denoiser.dtype) / 255
+            if not isinstance(model, SparseControlNetModel):
+                if uri.frames is not None:
+                    raise InvalidArgument("--control-nets", f"{uri.path}: frames= places SparseCtrl images; "
+                                          "this is a ControlNet, which steers every frame")  # fmt: skip
+                controls.append(Control(model, x, uri.scale, uri.start, uri.end))  # (1, 3, F, H, W)
+                continue
+            if self.denoiser.frames_independent:
+                raise InvalidArgument("--control-nets", f"{uri.path} is SparseCtrl, which needs motion modules "
+                                      "(--mode motion)")  # fmt: skip
+            if model.use_simplified_condition_embedding:  # RGB SparseCtrl reads VAE latents
+                x = self.encode(images)  # (1, 4, N, h, w)
+            at = list(uri.frames or range(request.frames))
+            placed = x.new_zeros((1, x.shape[1], request.frames, *x.shape[-2:]))  # (1, c, F, ., .)
+            placed[:, :, at] = x[:, :, : len(at)]
+            mask = x.new_zeros((1, 1, request.frames, *x.shape[-2:]))  # (1, 1, F, ., .)
+            mask[:, :, at] = 1
+            controls.append(Control(model, placed, uri.scale, uri.start, uri.end, mask))
+        return tuple(controls)
 
     def _timesteps(self, scheduler: SchedulerMixin, request: GenerationRequest) -> Tensor:
         h, w = self.codec.latent_shape(1, 1, request.height, request.width)[-2:]
@@ -433,13 +477,22 @@ class VideoPipeline:
         progress: bool = True,
         callback: StepCallback | None = None,
         source: Source | None = None,
+        image_seeds: str | None = None,
         **options,
     ) -> VideoOutput:
         """Generate; `options` are GenerationRequest fields (frames, steps, seed, scheduler, ...) or its groups'
-        fields by their flat names (context_length, free_init, prompt_travel, ...)."""
+        fields by their flat names (context_length, free_init, prompt_travel, control_nets, ...). `image_seeds`
+        names sources in dgenerate's grammar (latents, img2img, mask, control images); `source` gives them
+        read already."""
         if output_type not in OUTPUT_TYPES:
             raise InvalidArgument("output_type", f"must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        request = self.resolve(GenerationRequest.from_options(prompt, **options))
+        request = GenerationRequest.from_options(prompt, **options)
+        if image_seeds is not None:
+            if source is not None:
+                raise InvalidArgument("image_seeds", "give image_seeds or source, not both")
+            source, request = self.resolve_source(request, image_seeds, decode_chunk_size=decode_chunk_size)
+        else:
+            request = self.resolve(request)
         run = self.generate_latents(request, progress=progress, callback=callback, source=source)
         if output_type == "latent":
             return VideoOutput(None, run.latents, run)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 from . import checks
+from .control import ControlOptions
 from .errors import InvalidArgument
 from .names import (
     BETA_SCHEDULES,
@@ -107,6 +108,7 @@ class GenerationRequest:
     context: ContextOptions = field(default_factory=ContextOptions)  # context windows and FreeNoise
     travel: TravelOptions = field(default_factory=TravelOptions)  # the prompt changes over the frames
     free_init: FreeInitOptions = field(default_factory=FreeInitOptions)  # FreeInit passes and filter
+    control: ControlOptions = field(default_factory=ControlOptions)  # ControlNets / SparseCtrl and processors
 
     @classmethod
     def from_options(cls, prompt: str, **options) -> GenerationRequest:
@@ -165,6 +167,7 @@ class GenerationRequest:
         self.context.validate()  # the windows' own rules and the cross-field ones (overlap and stride vs length)
         self.travel.validate(self.frames)
         self.free_init.validate(split=start is not None or end is not None)
+        self.control.validate(self.frames)
         if self.scheduler is not None and scheduler_key(c.text("--scheduler", self.scheduler)) is None:
             raise InvalidArgument(
                 "--scheduler", f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULER_CLASSES)})"
@@ -178,6 +181,7 @@ class GenerationRequest:
         """Validated against the model's spec, with size, seed and scheduler filled in."""
         self.validate()
         self.travel.validate(self.frames or DEFAULT_FRAMES)
+        self.control.validate(self.frames or DEFAULT_FRAMES)
         scheduler = self.scheduler or spec.default_scheduler
         if spec.flow != (scheduler_key(scheduler) in FLOW_SCHEDULERS):
             kind = "flow-matching (flow-euler)" if spec.flow else "diffusion"
@@ -198,7 +202,7 @@ class GenerationRequest:
         )
 
 
-GROUPS = {"context": ContextOptions, "travel": TravelOptions, "free_init": FreeInitOptions}
+GROUPS = {"context": ContextOptions, "travel": TravelOptions, "free_init": FreeInitOptions, "control": ControlOptions}
 GROUP_FLAGS = {  # each group field by the flag (its argparse dest, a flat job's key) that sets it
     "context_length": ("context", "length"), "context_overlap": ("context", "overlap"),
     "context_stride": ("context", "stride"), "context_schedule": ("context", "schedule"),
@@ -208,6 +212,7 @@ GROUP_FLAGS = {  # each group field by the flag (its argparse dest, a flat job's
     "free_init": ("free_init", "passes"), "free_init_method": ("free_init", "method"),
     "free_init_order": ("free_init", "order"), "free_init_spatial": ("free_init", "spatial"),
     "free_init_temporal": ("free_init", "temporal"),
+    "control_nets": ("control", "nets"), "control_image_processors": ("control", "processors"),
 }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ from .image_seeds import ARG, ImageSeed, parse_image_seed
 from .latents_io import LatentsFile, check_latents, load_latents
 from .media import fit, read_frames, take_frames
 from .names import is_latents_path
+from .processors import process
 from .request import GenerationRequest
 
 
@@ -28,6 +29,7 @@ class Source:
     frames: np.ndarray | None = None  # (F, H, W, 3) uint8 at the request's size
     mask: np.ndarray | None = None  # (F, H, W) in [0, 1]: 1 = repaint, 0 = keep the source
     latents: LatentsFile | None = None  # continue from these (cooperative denoising, resume)
+    control: list[np.ndarray] | None = None  # per ControlNet: (N, H, W, 3) uint8 control images, processed
 
 
 def resolve_source(
@@ -40,7 +42,8 @@ def resolve_source(
 ) -> tuple[Source, GenerationRequest]:
     """The request resolved against the model by `resolve` (latents files supply the frames and size the
     request left open) and the Source that `image_seeds` (dgenerate's grammar) and `resume` name."""
-    seed = parse_image_seed(image_seeds) if isinstance(image_seeds, str) else image_seeds
+    nets = len(request.control.nets)
+    seed = parse_image_seed(image_seeds, nets) if isinstance(image_seeds, str) else image_seeds
     source = Source(latents=resume)
     if seed is not None and seed.latents is not None:
         source.latents = load_latents(seed.latents, ARG)
@@ -66,4 +69,17 @@ def resolve_source(
     if seed is not None and seed.mask is not None:
         mask = read_frames(seed.mask, request.width, request.height, ARG).mean(axis=-1) / 255.0  # (N, H, W)
         source.mask = take_frames(mask, request.frames, seed.mask, ARG)
+    if seed is not None and seed.control:
+        source.control = control_images(request, seed.control)
     return source, request
+
+
+def control_images(request: GenerationRequest, paths: tuple) -> list[np.ndarray]:
+    """Each ControlNet's control images at the request's size, processed: one per frame, or one per listed
+    frame for SparseCtrl's frames= (a still image fills them all)."""
+    out = []
+    for uri, processor, path in zip(request.control.uris(), request.control.processor_list(), paths, strict=True):
+        count, wanted = (len(uri.frames), "its frames= names") if uri.frames else (request.frames, "")
+        frames = take_frames(read_frames(path, request.width, request.height, ARG), count, path, ARG, wanted)
+        out.append(process(frames, processor))  # (N, H, W, 3)
+    return out

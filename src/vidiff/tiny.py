@@ -12,7 +12,15 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDIMScheduler,
+    MotionAdapter,
+    SparseControlNetModel,
+    UNet2DConditionModel,
+)
+from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -56,6 +64,41 @@ def tiny_motion_adapter(max_frames: int = 32, mid_block: bool = True) -> MotionA
         motion_max_seq_length=max_frames,
         use_motion_mid_block=mid_block,
     )
+
+
+def fill_zero_layers(model: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
+    """Give the layers that start at zero (ControlNet's zero convolutions) random values: a test of what they
+    add cannot then pass vacuously."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model
+
+
+def tiny_controlnet(norm_num_groups: int = 8, seed: int = 0) -> ControlNetModel:
+    """A ControlNet for `tiny_unet` (same widths and text width), zero convolutions filled."""
+    torch.manual_seed(seed)
+    model = ControlNetModel(
+        block_out_channels=(32, 64), layers_per_block=2, in_channels=4, cross_attention_dim=TEXT_DIM,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), attention_head_dim=8,
+        norm_num_groups=norm_num_groups, conditioning_embedding_out_channels=(8, 8, 16, 16),
+    )  # fmt: skip
+    return fill_zero_layers(model, seed)
+
+
+def tiny_sparsectrl(rgb: bool, seed: int = 0) -> SparseControlNetModel:
+    """A SparseCtrl model for `tiny_unet`: RGB (VAE latents in, the simplified embedding) or scribble (images
+    in); SD 1.x's 32 norm groups and 8 heads, as an original file's shapes are read; zero layers filled."""
+    torch.manual_seed(seed)
+    model = SparseControlNetModel(
+        block_out_channels=(32, 64), layers_per_block=2, in_channels=4, cross_attention_dim=TEXT_DIM,
+        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"), attention_head_dim=8, norm_num_groups=32,
+        conditioning_channels=4 if rgb else 3, use_simplified_condition_embedding=rgb,
+        conditioning_embedding_out_channels=(8, 8, 16, 16), motion_max_seq_length=32,
+    )  # fmt: skip
+    return fill_zero_layers(model, seed)
 
 
 def tiny_vae() -> AutoencoderKL:

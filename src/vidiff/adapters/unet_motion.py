@@ -20,6 +20,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditi
 from torch import Tensor, nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from ..controlnets import residuals
 from ..errors import LoadError
 from ..loading import CLIP_TOKENIZER, load_part, require_parts
 from ..lora import apply_loras
@@ -91,7 +92,8 @@ class UNetMotionDenoiser(VideoDenoiser):
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         frames = latents.shape[2]
         embeds, _ = cond.flat(frames)  # (B*F, L, D), frame-major per video
-        return self.unet(latents, t, encoder_hidden_states=embeds).sample  # (B, C, F, h, w)
+        added = residuals(latents, t, embeds, cond.control)  # ControlNets' down and mid residuals
+        return self.unet(latents, t, encoder_hidden_states=embeds, **added).sample  # (B, C, F, h, w)
 
 
 def _windowed_block(
@@ -136,7 +138,9 @@ class UNetFramesDenoiser(VideoDenoiser):
         b, c, f, h, w = latents.shape
         frames = latents.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, h, w)
         embeds, _ = cond.flat(f)  # (B*F, L, D)
-        out = self.unet(frames, per_frame(t, b, f), encoder_hidden_states=embeds).sample  # (B*F, C, h, w)
+        steps = per_frame(t, b, f)  # (B*F,)
+        added = residuals(latents, steps, embeds, cond.control)  # ControlNets on each frame
+        out = self.unet(frames, steps, encoder_hidden_states=embeds, **added).sample  # (B*F, C, h, w)
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
 
 
