@@ -105,3 +105,92 @@ def test_control_sources_are_checked(motion_pipe, controls):
                     **SETTINGS)  # fmt: skip
     with pytest.raises(InvalidArgument, match="ctrl0 has 8 frames; --frames is 12"):
         motion_pipe(PROMPT, image_seeds=str(controls["video0"]), control_nets=[net], **(SETTINGS | {"frames": 12}))
+
+
+def test_motion_scope_windows_match_diffusers_free_noise_with_a_controlnet(motion_pipe, reference, controls, tmp_path):
+    """24 frames, motion-module windows of 16 every 4 (diffusers' FreeNoise); the ControlNet sees every frame."""
+    frames = np.concatenate([controls["frames0"], controls["frames1"], controls["frames0"]])  # (24, H, W, 3)
+    video = save_frames(tmp_path / "ctrl24", frames)
+    ref = reference([0])
+    ref.enable_free_noise(context_length=16, context_stride=4, noise_type="shuffle_context")
+    settings = SETTINGS | {"frames": 24, "steps": 3}
+    ref.scheduler = make_scheduler("ddim", motion_pipe.scheduler_config)
+    want = ref(
+        PROMPT, num_frames=24, height=64, width=64, num_inference_steps=3, guidance_scale=7.5,
+        generator=torch.Generator("cpu").manual_seed(3), conditioning_frames=pil(frames),
+        controlnet_conditioning_scale=0.8, output_type="latent",
+    ).frames  # fmt: skip
+    got = motion_pipe(
+        PROMPT, output_type="latent", progress=False, image_seeds=str(video),
+        control_nets=[f"{controls['net0']};scale=0.8"], context_length=16, context_stride=4, noise_type="shuffle",
+        context_scope="motion", **settings,
+    ).latents  # fmt: skip
+    assert (got - want).abs().max().item() <= ATOL
+
+
+def test_each_backbone_window_takes_its_own_frames_control_images(motion_pipe, controls, tmp_path):
+    """Back-to-back windows of 8 over 16 frames: the second window's frames equal an 8-frame run from the same
+    noise steered by the second half of the control video."""
+    from vidiff.request import GenerationRequest
+
+    video = save_frames(tmp_path / "ctrl16", np.concatenate([controls["frames0"], controls["frames1"]]))
+    net = [f"{controls['net0']};scale=0.8"]
+    whole = GenerationRequest.from_options(PROMPT, **SETTINGS | {"frames": 16}, control_nets=net, context_length=8,
+                                           context_schedule="static")  # fmt: skip
+    source, whole = motion_pipe.resolve_source(whole, str(video))
+    run = motion_pipe.prepare(whole, source)
+    noise = run.latents.clone()  # (1, 4, 16, 8, 8)
+    got = motion_pipe.sample(run, progress=False).latents[:, :, 8:]
+    half = GenerationRequest.from_options(PROMPT, **SETTINGS, control_nets=net)
+    source, half = motion_pipe.resolve_source(half, str(controls["video1"]))
+    run = motion_pipe.prepare(half, source)
+    run.latents = noise[:, :, 8:]
+    want = motion_pipe.sample(run, progress=False).latents
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+def controlnet_to_a1111(model: ControlNetModel, prefix: str = "control_model.") -> dict:
+    """A diffusers ControlNet in the A1111 / lllyasviel layout (the inverse of diffusers' conversion)."""
+    from test_single_file import unet_to_ldm
+
+    c = model.config
+    attends = [t.startswith("CrossAttn") for t in c.down_block_types]
+    extra, unet = {}, {}
+    for key, value in model.state_dict().items():
+        head, _, tail = key.partition(".")
+        if head == "controlnet_cond_embedding":
+            part, _, rest = tail.partition(".")
+            index = 0 if part == "conv_in" else 14 if part == "conv_out" else 2 * (int(rest.split(".")[0]) + 1)
+            extra[f"input_hint_block.{index}.{key.rsplit('.', 1)[1]}"] = value
+        elif head == "controlnet_down_blocks":
+            extra[f"zero_convs.{tail.split('.')[0]}.0.{tail.split('.')[1]}"] = value
+        elif head == "controlnet_mid_block":
+            extra[f"middle_block_out.0.{tail}"] = value
+        else:
+            unet[key] = value
+    ldm = unet_to_ldm(unet, len(attends), c.layers_per_block, attends)
+    state = {k.replace("model.diffusion_model.", ""): v for k, v in ldm.items()} | extra
+    return {f"{prefix}{k}": v.contiguous() for k, v in state.items()}
+
+
+@pytest.mark.parametrize("layout", ["a1111.safetensors", "fp16.pth", "bare.pth"])
+def test_a1111_single_files_load_the_folders_weights(tmp_path, layout):
+    from safetensors.torch import save_file
+
+    from vidiff.control import ControlNetUri
+    from vidiff.controlnets import load_control_model
+
+    folder_model = tiny_controlnet(norm_num_groups=32, seed=5)  # SD 1.x's groups: what a file's shapes imply
+    folder_model.save_pretrained(tmp_path / "net")
+    state = controlnet_to_a1111(folder_model, "" if layout.startswith("bare") else "control_model.")
+    path = tmp_path / layout
+    if layout.endswith(".safetensors"):
+        save_file(state, path)
+    else:
+        torch.save({k: v.half() if layout.startswith("fp16") else v for k, v in state.items()}, path)
+    cpu = torch.device("cpu")
+    got = load_control_model(ControlNetUri(str(path)), torch.float32, cpu).state_dict()
+    want = load_control_model(ControlNetUri(str(tmp_path / "net")), torch.float32, cpu).state_dict()
+    cast = (lambda t: t.half().float()) if layout.startswith("fp16") else (lambda t: t)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], cast(v)) for k, v in want.items())

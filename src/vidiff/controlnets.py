@@ -4,7 +4,7 @@ Loading: a diffusers folder (`ControlNetModel`, `SparseControlNetModel`), an A11
 (`control_v11p_sd15_openpose.pth`, `control_model.*` keys, fp16 or fp32) converted by diffusers' own
 single-file conversion with the configuration read off the shapes, or an original AnimateDiff SparseCtrl file
 (`v3_sd15_sparsectrl_rgb.ckpt`, `scribble`), whose keys differ from diffusers' only in the motion modules'
-names. `inspect` tells the kind and architecture from a file's keys, before any weights load.
+names. `control_files` tells the kind and architecture from a file's keys, before any weights load.
 
 A `Control` is one ControlNet's part of a run: the model, its images prepared for all frames, scale and
 schedule span; `residuals` runs every ControlNet for one UNet call and sums what they add (as diffusers'
@@ -13,7 +13,6 @@ MultiControlNetModel does).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,81 +22,22 @@ from accelerate import init_empty_weights
 from diffusers import ControlNetModel, SparseControlNetModel
 from diffusers.loaders import single_file_utils as sf
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
-from safetensors import safe_open
 from torch import Tensor, nn
 
-from .control import NETS
+from .control import NETS, ControlNetUri
+from .control_files import A1111, check_control
 from .errors import LoadError
 from .motion.animatediff_format import DEFAULT_MAX_FRAMES
 from .single_file import SD1_GROUPS, SD1_HEADS, _build, _levels
 from .tensor_files import read_state_dict
 
-A1111 = "control_model."
 SPARSE_MOTION_HEADS = 8  # AnimateDiff's motion modules attend with 8 heads
 
 
-@dataclass(frozen=True)
-class ControlInfo:
-    """What a ControlNet file or folder is, read without loading its weights."""
-
-    kind: str  # "controlnet" | "sparsectrl"
-    architecture: str  # "sd1" | "sdxl" | "sd3" | "flux" | ...
-    bytes: int  # weights on disk
-
-
-def _keys(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a single file, without loading the data (pickles memory-mapped)."""
-    if path.suffix == ".safetensors":
-        with safe_open(path, "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-    state = read_state_dict(path, NETS)
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
-def inspect(path: str | Path) -> ControlInfo:
-    """The kind and architecture of a ControlNet, from its folder's config or its file's keys."""
-    path = Path(path)
-    if path.is_dir():
-        config_file = path / "config.json"
-        if not config_file.is_file():
-            raise LoadError(NETS, f"{path} has no config.json (a diffusers ControlNet folder has one)")
-        config = json.loads(config_file.read_text())
-        name = config.get("_class_name", "")
-        size = sum(p.stat().st_size for p in path.glob("*.safetensors")) or sum(
-            p.stat().st_size for p in path.glob("*.bin")
-        )
-        arch = {"SD3ControlNetModel": "sd3", "FluxControlNetModel": "flux", "ControlNetXSAdapter": "xs"}.get(name)
-        if arch is None:
-            arch = "sdxl" if config.get("addition_embed_type") == "text_time" else "sd1"
-        kind = "sparsectrl" if name == "SparseControlNetModel" else "controlnet"
-        return ControlInfo(kind, arch, size)
-    keys = _keys(path)
-    size = path.stat().st_size
-    stripped = {k.removeprefix(A1111): s for k, s in keys.items()}
-    if any(".motion_modules." in k for k in keys):
-        return ControlInfo("sparsectrl", "sd1", size)
-    if any(k.startswith(("transformer_blocks.", "controlnet_blocks.", "pos_embed.")) for k in stripped):
-        return ControlInfo("controlnet", "sd3", size)
-    if any(k.startswith(("label_emb.", "add_embedding.")) for k in stripped):
-        return ControlInfo("controlnet", "sdxl", size)
-    if not any(k.startswith(("input_hint_block.", "controlnet_cond_embedding.")) for k in stripped):
-        raise LoadError(NETS, f"{path.name} is not a ControlNet (no input_hint_block / controlnet_cond_embedding)")
-    cross = [s[1] for k, s in stripped.items() if k.endswith("attn2.to_k.weight")]
-    return ControlInfo("controlnet", "sdxl" if cross and cross[0] == 2048 else "sd1", size)
-
-
-def check_architecture(path: str, info: ControlInfo) -> None:
-    if info.architecture != "sd1":
-        names = {"sdxl": "SDXL", "sd3": "Stable Diffusion 3", "flux": "Flux", "xs": "ControlNet-XS"}
-        raise LoadError(NETS, f"{Path(path).name} is a {names.get(info.architecture, info.architecture)} "
-                        "ControlNet; vidiff's ControlNets steer Stable Diffusion 1.x models")  # fmt: skip
-
-
-def load_control_model(path: str | Path, dtype: torch.dtype, device: torch.device) -> nn.Module:
+def load_control_model(uri: ControlNetUri, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """A ControlNetModel or SparseControlNetModel from a folder or a single file, in eval mode on `device`."""
-    path = Path(path)
-    info = inspect(path)
-    check_architecture(str(path), info)
+    path = Path(uri.path)
+    info = check_control(uri)
     if path.is_dir():
         cls = SparseControlNetModel if info.kind == "sparsectrl" else ControlNetModel
         try:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from . import checks
 from .accel.configs import DeepCacheConfig, PABConfig
+from .control_files import check_control
 from .errors import InvalidArgument
 from .image_seeds import ImageSeed, parse_image_seed
 from .media import check_count, frame_count
@@ -101,6 +102,9 @@ class RenderJob:
         control = self.request.control
         if control.on and (seed is None or not seed.control):
             raise InvalidArgument("--control-nets", "needs control images: --image-seeds CTRL (or SRC;control=CTRL)")
+        for uri in control.uris():
+            checks.existing("--control-nets", uri.path)
+            check_control(uri)
         frames = self.request.frames or (None if seed and seed.latents else DEFAULT_FRAMES)  # None: the latents'
         for uri, path in zip(control.uris(), seed.control if seed else (), strict=False):
             count, wanted = (len(uri.frames), "its frames= names") if uri.frames else (frames, "--frames is")

@@ -18,6 +18,7 @@ from .adapters.base import Loaded, LoadOptions, VideoDenoiser
 from .adapters.context import ContextWindowDenoiser
 from .codec import LatentCodec
 from .conditioning import Conditioning
+from .control import ControlNetUri
 from .controlnets import Control, check_control_fits, load_control_model
 from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
@@ -238,15 +239,15 @@ class VideoPipeline:
             )
         return run
 
-    def control_model(self, path: str) -> nn.Module:
+    def control_model(self, uri: ControlNetUri) -> nn.Module:
         """A ControlNet or SparseCtrl model (folder or single file), loaded once and kept for later runs."""
-        if path not in self.control_models:
+        if uri.path not in self.control_models:
             if not self.spec.controlnets:
                 raise InvalidArgument("--control-nets", f"ControlNets steer UNet backbones; this is {self.spec.name}")
-            model = load_control_model(path, self.denoiser.dtype, self.device)
-            check_control_fits(model, self.denoiser.module, path)
-            self.control_models[path] = model
-        return self.control_models[path]
+            model = load_control_model(uri, self.denoiser.dtype, self.device)
+            check_control_fits(model, self.denoiser.module, uri.path)
+            self.control_models[uri.path] = model
+        return self.control_models[uri.path]
 
     def _controls(self, request: GenerationRequest, source: Source) -> tuple[Control, ...]:
         """Each ControlNet with its images for every frame: RGB in [0, 1] (1, 3, F, H, W); SparseCtrl's placed on
@@ -257,12 +258,9 @@ class VideoPipeline:
             raise InvalidArgument("--control-nets", 'needs control images: --image-seeds "CTRL"')
         controls = []
         for uri, images in zip(request.control.uris(), source.control, strict=True):
-            model = self.control_model(uri.path)
+            model = self.control_model(uri)
             x = torch.from_numpy(images).permute(3, 0, 1, 2)[None].to(self.device, self.denoiser.dtype) / 255
             if not isinstance(model, SparseControlNetModel):
-                if uri.frames is not None:
-                    raise InvalidArgument("--control-nets", f"{uri.path}: frames= places SparseCtrl images; "
-                                          "this is a ControlNet, which steers every frame")  # fmt: skip
                 controls.append(Control(model, x, uri.scale, uri.start, uri.end))  # (1, 3, F, H, W)
                 continue
             if self.denoiser.frames_independent:
