@@ -76,9 +76,7 @@ def test_one_controlnet_matches_diffusers(motion_pipe, reference, controls, span
         control_nets=[f"{controls['net0']};scale=0.8;start={start};end={end}"], **SETTINGS,
     ).latents  # fmt: skip
     plain = motion_pipe(PROMPT, output_type="latent", progress=False, **SETTINGS).latents
-    want = reference_latents(
-        reference([0]), pil(controls["frames0"]), 0.8, start, end, motion_pipe.scheduler_config
-    )
+    want = reference_latents(reference([0]), pil(controls["frames0"]), 0.8, start, end, motion_pipe.scheduler_config)
     assert got.shape == want.shape == (1, 4, 8, 8, 8)
     assert (got - want).abs().max().item() <= ATOL
     assert (got - plain).abs().max().item() > 100 * ATOL  # the ControlNet steers
