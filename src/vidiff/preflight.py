@@ -6,6 +6,9 @@ The estimate adds up
 - denoising: activations grow with the batch (videos x 2 with classifier-free guidance), the frames the
   backbone sees at once (a context window, or a frame batch), the latent area and the backbone's first
   width, times a constant measured on UNets from the demo's to SD 1.5's size (70-80 bytes per element);
+- ControlNets: the residuals each adds to the UNet's skip connections, held through the UNet call: at SD 1.5's
+  widths 5.5 channels per first-width channel, 22 bytes per element in float32 (from the shapes, not
+  measured); the ControlNet's own activations come and go before the UNet's;
 - decoding: the VAE's first width at full resolution over one decode chunk (6-9 bytes per element
   measured), plus the frames a GIF or WebP keeps until it is written;
 - on a CPU, a floor under the working memory (thread pools, allocator arenas, the writer: 16-27 MiB measured
@@ -30,6 +33,7 @@ from .windowing import DEFAULT_LENGTH, context_for
 
 GIB = 2**30
 DENOISE_BYTES = 128  # per (batch x frame x latent pixel x first-width channel), float32; measured 80-130
+CONTROL_BYTES = 22  # per ControlNet, the same unit as DENOISE_BYTES: its residuals (5.5 x 4 bytes)
 DECODE_BYTES = 10  # per (frame x pixel x VAE first-width channel), float32; measured 6-9
 RUNTIME_BYTES = GIB // 2  # Python + torch + diffusers on a CPU, measured 0.45 GiB
 WORKING_FLOOR = 24 * 2**20  # CPU working memory that no run size explains, measured 16-27 MiB
@@ -51,6 +55,7 @@ class RunShape:
     decode_chunk: int
     element: int  # bytes of the run's dtype
     keeps_frames: bool  # GIF and WebP writers hold every frame until the end
+    controls: int = 0  # ControlNets and SparseCtrl models steering each UNet call
 
 
 @dataclass(frozen=True)
@@ -155,13 +160,15 @@ def run_shape(job, figures: ModelFigures, element: int) -> RunShape:
     return RunShape(
         frames, r.height or figures.default_size, r.width or figures.default_size, r.num_videos * (2 if r.cfg else 1),
         at_once, job.decode_chunk_size, element, keeps_every_frame(job.output or default_output(r.prompt, 0)),
+        len(r.control.nets),
     )  # fmt: skip
 
 
 def estimate(weights: int, figures: ModelFigures, run: RunShape, cpu: bool) -> Estimate:
     area = (run.height // figures.vae_factor) * (run.width // figures.vae_factor)  # latent pixels
     scale = run.element / 4  # the constants were measured in float32
-    denoise = DENOISE_BYTES * scale * run.batch * run.frames_at_once * area * figures.width
+    per_width = (DENOISE_BYTES + CONTROL_BYTES * run.controls) * scale  # bytes per element of the first width
+    denoise = per_width * run.batch * run.frames_at_once * area * figures.width
     denoise += WORKING_FLOOR if cpu else 0
     decode = DECODE_BYTES * scale * run.decode_chunk * run.height * run.width * figures.vae_width
     if run.keeps_frames:

@@ -1,6 +1,6 @@
 """Control-image preprocessing that needs no downloaded weights (`--control-image-processors`).
 
-`canny` is OpenCV's Canny on the grey image, as the ControlNet annotator runs it (thresholds 100 and 200 by
+`canny` is OpenCV's Canny on the RGB image, as the ControlNet annotator runs it (thresholds 100 and 200 by
 default), as a white-on-black RGB edge map; `invert` turns black lines on white into what scribble models
 take; `none` leaves the images as given.
 """

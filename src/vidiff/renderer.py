@@ -83,7 +83,8 @@ class Renderer:
         extra = tuple(Path(p) for p in (load.motion_module, load.vae) if p)
         figures = preflight.model_figures(resolve_model_folder(load.model), extra)
         run = preflight.run_shape(job, figures, element)
-        weights = preflight.weight_bytes_on_disk(list(figures.weight_paths), element)
+        controls = [Path(uri.path) for uri in job.request.control.uris()]  # their weights count too
+        weights = preflight.weight_bytes_on_disk([*figures.weight_paths, *controls], element)
         est = preflight.estimate(weights, figures, run, device.type == "cpu")
         preflight.check(est, preflight.free_bytes(device), run, figures, current_bytes(device))
         return est
@@ -97,7 +98,7 @@ class Renderer:
         request, loras, notes = apply_preset(job.preset, job.request, job.load.loras, job.load.motion_module)
         job = replace(job, request=request, load=replace(job.load, loras=loras))
         job.validate()
-        seed = parse_image_seed(job.image_seeds) if job.image_seeds is not None else None
+        seed = parse_image_seed(job.image_seeds, len(job.request.control.nets)) if job.image_seeds else None
         resolve_dtype(job.load.dtype, resolve_device(job.load.device))
         # 2. The memory preflight, then load (or reuse) the model and resolve the request and sources against it.
         estimate = 0 if job.force else self.preflight(job).total
