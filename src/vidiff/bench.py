@@ -4,7 +4,9 @@ Rows: diffusers in its default dtype (float32), vidiff in that same dtype, vidif
 bfloat16 on CPUs with native bf16), and that with `--fast` (PAB + DeepCache on UNets). Optional rows:
 `lightning` (the `--preset lightning` settings at `--lightning-steps`, whatever `--steps` says), and
 `lora` / `lora-unfused` (a random rank-16 LoRA on every spatial attention projection, fused into the
-weights as vidiff loads it, or left as live peft layers).
+weights as vidiff loads it, or left as live peft layers); `diffusers-controlnet`, `controlnet`, `controlnet-2`
+(diffusers' AnimateDiffControlNetPipeline and vidiff with one or two random ControlNets shaped as the UNet,
+zero convolutions filled, on random control frames, in the baseline dtype).
 Every row runs once as a warm-up (one step), then the rows take turns for `--rounds` rounds, and each
 figure is the median over rounds. Per-step seconds are the denoising time over the steps (PAB makes steps
 unequal), VAE seconds the decode, total the whole call (prompt encoding to uint8 frames, loading apart).
@@ -106,9 +108,14 @@ def _settings(a: argparse.Namespace) -> dict:
     return dict(frames=a.frames, height=a.height, width=a.width, guidance_scale=a.guidance_scale, seed=0)
 
 
-def vidiff_row(name: str, label: str, pipe, a, fast: bool = False, steps: int | None = None, **settings) -> Row:
-    """A vidiff row; `steps` fixes the row's step count (else the call's), `settings` override the request."""
+def vidiff_row(
+    name: str, label: str, pipe, a, fast: bool = False, steps: int | None = None, controls: tuple = (), **settings
+) -> Row:
+    """A vidiff row; `steps` fixes the row's step count (else the call's), `controls` are ControlNet paths
+    steered by random frames, `settings` override the request."""
+    from .control import ControlOptions
     from .request import GenerationRequest
+    from .sources import Source
 
     weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
     fixed = steps
@@ -119,8 +126,9 @@ def vidiff_row(name: str, label: str, pipe, a, fast: bool = False, steps: int | 
         with PeakMemory(pipe.device) as mem:
             start = clock(pipe.device)
             options = _settings(a) | settings | {"steps": fixed or steps}
-            request = pipe.resolve(GenerationRequest(PROMPT, **options))
-            run = pipe.generate_latents(request, progress=False)
+            request = pipe.resolve(GenerationRequest(PROMPT, **options, control=ControlOptions(nets=controls)))
+            source = Source(control=[control_frames(a)] * len(controls))
+            run = pipe.generate_latents(request, progress=False, source=source)
             latents, t = run.latents, run.timings  # (1, C, F, h, w)
             for _ in pipe.decode(latents[0], a.decode_chunk_size, t):
                 pass
@@ -183,6 +191,67 @@ def diffusers_row(folder: str, motion: str | None, dtype: str, a) -> Row:
     return Row("diffusers", "diffusers", dtype, call)
 
 
+def control_frames(a: argparse.Namespace):
+    """Random control frames (F, H, W, 3) uint8, the same for every row."""
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 256, (a.frames, a.height, a.width, 3), dtype=np.uint8)
+
+
+def random_controlnets(folder: str, cache: Path, count: int) -> list[str]:
+    """ControlNets shaped as `folder`'s UNet (its encoder's weights copied, as training starts), their zero
+    convolutions filled with random values, saved as diffusers folders."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from .tiny import fill_zero_layers
+
+    paths = [cache / f"bench-controlnet{i}-{Path(folder).name}" for i in range(count)]
+    for i, path in enumerate(paths):
+        if not (path / "config.json").is_file():
+            unet = UNet2DConditionModel.from_pretrained(Path(folder) / "unet")
+            fill_zero_layers(ControlNetModel.from_unet(unet), seed=i).save_pretrained(path)
+    return [str(p) for p in paths]
+
+
+def diffusers_controlnet_row(folder: str, motion: str | None, dtype: str, a, nets: list[str]) -> Row:
+    """diffusers' AnimateDiffControlNetPipeline on the same weights and control frames."""
+    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel, DDIMScheduler
+    from PIL import Image
+
+    from .loading import resolve_device, resolve_dtype
+    from .motion.animatediff_format import load_motion_adapter
+
+    device = resolve_device(a.device)
+    torch_dtype = resolve_dtype(dtype, device)
+    adapter = load_motion_adapter(motion or str(Path(folder) / "motion_adapter"), torch_dtype)
+    controlnet = ControlNetModel.from_pretrained(nets[0], dtype=torch_dtype)
+    pipe = AnimateDiffControlNetPipeline.from_pretrained(
+        folder, motion_adapter=adapter, controlnet=controlnet, dtype=torch_dtype
+    ).to(device)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    weights = weight_bytes(pipe.unet, pipe.vae, pipe.text_encoder, pipe.controlnet)
+    frames = [Image.fromarray(f) for f in control_frames(a)]
+
+    def call(steps: int) -> Measure:
+        s = _settings(a)
+        with PeakMemory(device) as mem:
+            start = clock(device)
+            latents = pipe(
+                PROMPT, num_frames=s["frames"], height=s["height"], width=s["width"], num_inference_steps=steps,
+                guidance_scale=s["guidance_scale"], generator=torch.Generator("cpu").manual_seed(s["seed"]),
+                conditioning_frames=frames, output_type="latent",
+            ).frames  # fmt: skip
+            denoised = clock(device)
+            with torch.no_grad():
+                pipe.video_processor.postprocess_video(pipe.decode_latents(latents, a.decode_chunk_size), "np")
+            total = clock(device) - start
+        vae = clock(device) - denoised
+        return Measure((total - vae) / steps, vae, total, (weights + mem.peak) / 2**30, latents.float().cpu())
+
+    return Row("diffusers-controlnet", "diffusers + ControlNet", dtype, call)
+
+
 def random_lora(folder: str, cache: Path) -> Path:
     """A kohya-layout LoRA of rank LORA_RANK on every spatial attention projection of `folder`'s UNet."""
     from diffusers import UNet2DConditionModel
@@ -233,6 +302,9 @@ def run(a: argparse.Namespace) -> list[Row]:
             )
         return pipes[key]
 
+    def nets(count: int) -> list[str]:
+        return random_controlnets(folder, Path(a.cache or tempfile.gettempdir()), count)
+
     lightning = {"scheduler": "euler", "timestep_spacing": "trailing", "beta_schedule": "linear", "guidance_scale": 1.0}
 
     makers = {
@@ -250,6 +322,13 @@ def run(a: argparse.Namespace) -> list[Row]:
         ),
         "lora": lambda: vidiff_row("lora", "LoRA fused", vidiff("auto", "fused"), a),
         "lora-unfused": lambda: vidiff_row("lora-unfused", "LoRA unfused (peft)", vidiff("auto", "unfused"), a),
+        "diffusers-controlnet": lambda: diffusers_controlnet_row(folder, motion, a.baseline_dtype, a, nets(1)),
+        "controlnet": lambda: vidiff_row(
+            "controlnet", "vidiff + ControlNet", vidiff(a.baseline_dtype), a, controls=tuple(nets(1))
+        ),
+        "controlnet-2": lambda: vidiff_row(
+            "controlnet-2", "vidiff + 2 ControlNets", vidiff(a.baseline_dtype), a, controls=tuple(nets(2))
+        ),
     }
     rows = [makers[name]() for name in ROWS + OPTIONAL_ROWS if name in wanted]
     # 3. Warm up (one step each), then take turns.
@@ -294,6 +373,10 @@ def report(rows: list[Row], a: argparse.Namespace, default: str) -> None:
     if "default" in by and "lightning" in by:
         d, lt = by["default"].median("total_s"), by["lightning"].median("total_s")
         print(f"lightning: {lt:.1f} s per video vs {d:.1f} s for vidiff default at {a.steps} steps ({d / lt:.1f}x)")
+    if "controlnet" in by and "diffusers-controlnet" in by:
+        ours, theirs = by["controlnet"].median("step_s"), by["diffusers-controlnet"].median("step_s")
+        plain = f"; no ControlNet {by['same-dtype'].median('step_s'):.2f}" if "same-dtype" in by else ""
+        print(f"ControlNet per step: vidiff {ours:.2f} s, diffusers {theirs:.2f} s ({ours / theirs:.2f}x){plain}")
     if "lora" in by and "lora-unfused" in by:
         fused, live = by["lora"].median("step_s"), by["lora-unfused"].median("step_s")
         plain = f", {by['default'].median('step_s'):.2f} without a LoRA" if "default" in by else ""
