@@ -192,3 +192,18 @@ def test_a1111_single_files_load_the_folders_weights(tmp_path, layout):
     cast = (lambda t: t.half().float()) if layout.startswith("fp16") else (lambda t: t)
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], cast(v)) for k, v in want.items())
+
+
+def test_frame_by_frame_mode_steers_each_frame_with_its_own_image(sd1_folder, controls):
+    """--mode sequential: the image UNet and the ControlNet see each frame on its own; two frames per call gives
+    what all frames in one call give (each call takes its frames' control images)."""
+    from vidiff import VideoPipeline
+
+    runs = []
+    for batch in (None, 2):
+        pipe = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", frame_batch=batch, dtype="float32")
+        runs.append(pipe(PROMPT, output_type="latent", progress=False, image_seeds=str(controls["video0"]),
+                         control_nets=[f"{controls['net0']};scale=0.8"], **SETTINGS).latents)  # fmt: skip
+    plain = pipe(PROMPT, output_type="latent", progress=False, **SETTINGS).latents
+    assert (runs[0] - runs[1]).abs().max().item() <= 1e-5
+    assert (runs[0] - plain).abs().max().item() > 100 * ATOL

@@ -35,6 +35,9 @@ def files(tmp_path_factory):
     sdxl = {"control_model.label_emb.0.0.weight": torch.zeros(4, 4), "control_model.input_hint_block.0.weight":
             torch.zeros(16, 3, 3, 3)}  # fmt: skip
     save_file(sdxl, root / "controlnet_sdxl.safetensors")
+    (root / "ip.safetensors").write_bytes(b"")  # its encoder is missing: refused before the file is read
+    (root / "ip2" / "image_encoder").mkdir(parents=True)
+    (root / "ip2" / "ip.safetensors").write_bytes(b"")
     (root / "sd3").mkdir()
     (root / "sd3" / "config.json").write_text(json.dumps({"_class_name": "SD3ControlNetModel"}))
     return root
@@ -59,6 +62,10 @@ def bad_cases(root, marker):
         (["--control-nets", net, "--image-seeds", ctrl, "--control-image-processors", "canny", "none"], "2 processors"),
         (["--control-nets", net, "--image-seeds", ctrl, "--control-image-processors", "canny;lower=9;upper=2"],
          "lower <= upper"),
+        (["--ip-adapters", root / "ip.safetensors", "--image-seeds", f"adapter: {still}"], "--image-encoder"),
+        (["--image-seeds", f"adapter: {still}"], "no --ip-adapters"),
+        (["--ip-adapters", f"{root / 'ip2' / 'ip.safetensors'};scale=0:0.2,20:1", "--image-seeds", f"adapter: {still}"],
+         "outside a 16-frame video"),
     ]  # fmt: skip
 
 
@@ -72,7 +79,7 @@ def test_bad_control_input_is_one_line_before_loading(files, tmp_path, capsys):
         code = cli("generate", "a cat", "--dry-run", "-o", tmp_path / "out.gif", *args)
         line = error_line(capsys)
         assert code == 2 and message in line, (args, line)
-        assert "--control" in line or "--image-seeds" in line or "--frames" in line, line
+        assert any(f in line for f in ("--control", "--image-seeds", "--frames", "--ip-adapters", "--image-encoder"))
     assert not ran.exists()  # the pickle was refused, its code never ran
 
 

@@ -15,7 +15,16 @@ def test_python_examples_run(tmp_path, monkeypatch):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
-    outputs = ("circle.mp4", "half.safetensors", "finished.gif", "half.mp4", "v2v.gif", "inpainted.gif", "fast.gif")
+    outputs = (
+        "circle.mp4",
+        "half.safetensors",
+        "finished.gif",
+        "half.mp4",
+        "v2v.gif",
+        "inpainted.gif",
+        "fast.gif",
+        "edges.gif",
+    )
     for name in outputs:
         assert (tmp_path / name).stat().st_size > 0, name
     assert namespace["out"].frames[0].shape == (8, 64, 64, 3)

@@ -12,6 +12,7 @@ from .errors import InvalidArgument, LoadError, OutputExists, RenderInterrupted,
 
 if TYPE_CHECKING:
     from .accel.configs import DeepCacheConfig, PABConfig
+    from .control import ControlOptions
     from .job import RenderJob, RenderResult
     from .pipeline import Timings, VideoOutput, VideoPipeline
     from .renderer import Renderer, decode_file, render
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .sources import Source
 
 _WHERE = {
+    "ControlOptions": "control",
     "DeepCacheConfig": "accel.configs",
     "PABConfig": "accel.configs",
     "GenerationRequest": "request",
@@ -36,6 +38,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "ControlOptions",
     "DeepCacheConfig",
     "GenerationRequest",
     "InvalidArgument",

@@ -6,7 +6,8 @@ bfloat16 on CPUs with native bf16), and that with `--fast` (PAB + DeepCache on U
 `lora` / `lora-unfused` (a random rank-16 LoRA on every spatial attention projection, fused into the
 weights as vidiff loads it, or left as live peft layers); `diffusers-controlnet`, `controlnet`, `controlnet-2`
 (diffusers' AnimateDiffControlNetPipeline and vidiff with one or two random ControlNets shaped as the UNet,
-zero convolutions filled, on random control frames, in the baseline dtype).
+zero convolutions filled, on random control frames, in the baseline dtype); `ip-adapter` (vidiff with a random
+IP-Adapter shaped as ip-adapter_sd15, in the baseline dtype).
 Every row runs once as a warm-up (one step), then the rows take turns for `--rounds` rounds, and each
 figure is the median over rounds. Per-step seconds are the denoising time over the steps (PAB makes steps
 unequal), VAE seconds the decode, total the whole call (prompt encoding to uint8 frames, loading apart).
@@ -109,11 +110,13 @@ def _settings(a: argparse.Namespace) -> dict:
 
 
 def vidiff_row(
-    name: str, label: str, pipe, a, fast: bool = False, steps: int | None = None, controls: tuple = (), **settings
-) -> Row:
+    name: str, label: str, pipe, a, fast: bool = False, steps: int | None = None, controls: tuple = (),
+    ip: str | None = None, **settings,
+) -> Row:  # fmt: skip
     """A vidiff row; `steps` fixes the row's step count (else the call's), `controls` are ControlNet paths
-    steered by random frames, `settings` override the request."""
-    from .control import ControlOptions
+    steered by random frames, `ip` an IP-Adapter folder (weights and image_encoder/) given a random image,
+    `settings` override the request."""
+    from .control import ControlOptions, IPAdapterOptions
     from .request import GenerationRequest
     from .sources import Source
 
@@ -126,8 +129,12 @@ def vidiff_row(
         with PeakMemory(pipe.device) as mem:
             start = clock(pipe.device)
             options = _settings(a) | settings | {"steps": fixed or steps}
-            request = pipe.resolve(GenerationRequest(PROMPT, **options, control=ControlOptions(nets=controls)))
-            source = Source(control=[control_frames(a)] * len(controls))
+            adapter = IPAdapterOptions(f"{ip}/ip-adapter.safetensors;scale=0.6" if ip else None)
+            request = GenerationRequest(PROMPT, **options, control=ControlOptions(nets=controls), ip_adapter=adapter)
+            request = pipe.resolve(request)
+            source = Source(
+                control=[control_frames(a)] * len(controls), adapter={0: control_frames(a)[0]} if ip else None
+            )
             run = pipe.generate_latents(request, progress=False, source=source)
             latents, t = run.latents, run.timings  # (1, C, F, h, w)
             for _ in pipe.decode(latents[0], a.decode_chunk_size, t):
@@ -211,6 +218,25 @@ def random_controlnets(folder: str, cache: Path, count: int) -> list[str]:
             unet = UNet2DConditionModel.from_pretrained(Path(folder) / "unet")
             fill_zero_layers(ControlNetModel.from_unet(unet), seed=i).save_pretrained(path)
     return [str(p) for p in paths]
+
+
+def random_ip_adapter(folder: str, cache: Path) -> str:
+    """An IP-Adapter shaped for `folder`'s UNet (4 image tokens from 1024-wide embeddings, as ip-adapter_sd15),
+    random weights, with a small random CLIP vision encoder beside it (it runs once per video, not per step)."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from .tiny import tiny_image_encoder, tiny_ip_adapter
+
+    path = cache / f"bench-ip-adapter-{Path(folder).name}"
+    if not (path / "ip-adapter.safetensors").is_file():
+        unet = UNet2DConditionModel.from_pretrained(Path(folder) / "unet")
+        state = tiny_ip_adapter(unet, image_dim=1024)
+        path.mkdir(parents=True, exist_ok=True)
+        tiny_image_encoder(projection_dim=1024).save_pretrained(path / "image_encoder")
+        save_file({f"{p}.{k}": v for p, values in state.items() for k, v in values.items()},
+                  path / "ip-adapter.safetensors")  # fmt: skip
+    return str(path)
 
 
 def diffusers_controlnet_row(folder: str, motion: str | None, dtype: str, a, nets: list[str]) -> Row:
@@ -329,6 +355,13 @@ def run(a: argparse.Namespace) -> list[Row]:
         "controlnet-2": lambda: vidiff_row(
             "controlnet-2", "vidiff + 2 ControlNets", vidiff(a.baseline_dtype), a, controls=tuple(nets(2))
         ),
+        "ip-adapter": lambda: vidiff_row(
+            "ip-adapter",
+            "vidiff + IP-Adapter",
+            vidiff(a.baseline_dtype),
+            a,
+            ip=random_ip_adapter(folder, Path(a.cache or tempfile.gettempdir())),
+        ),  # fmt: skip
     }
     rows = [makers[name]() for name in ROWS + OPTIONAL_ROWS if name in wanted]
     # 3. Warm up (one step each), then take turns.

@@ -10,6 +10,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from .controlnets import Control
+    from .ip_adapter import ImageCond
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Conditioning:
     embeds: Tensor  # (B, L, D) token embeddings, or (B, F, L, D) per frame
     pooled: Tensor | None = None  # (B, P) or (B, F, P) pooled embeddings, for backbones that take them (SD 3)
     control: tuple[Control, ...] = ()  # ControlNets and SparseCtrl, images for every frame
+    image: ImageCond | None = None  # the IP-Adapter's image embeddings (this side's) and scale
 
     @property
     def per_frame(self) -> bool:
@@ -28,9 +30,11 @@ class Conditioning:
     def frames(self, index: Tensor | slice) -> Conditioning:
         """The conditioning of some frames (a window, a batch of frames): per-frame prompts and control images."""
         control = tuple(c.frames(index) for c in self.control)
+        image = None if self.image is None else self.image.frames(index)
         if not self.per_frame:
-            return replace(self, control=control)
-        return Conditioning(self.embeds[:, index], None if self.pooled is None else self.pooled[:, index], control)
+            return replace(self, control=control, image=image)
+        pooled = None if self.pooled is None else self.pooled[:, index]
+        return Conditioning(self.embeds[:, index], pooled, control, image)
 
     def at_step(self, i: int, steps: int) -> Conditioning:
         """As it acts at step i of the full schedule: without the ControlNets whose span does not cover it."""
@@ -51,7 +55,8 @@ class Conditioning:
         if self.per_frame:
             return self
         pooled = None if self.pooled is None else self.pooled[:, None].expand(-1, frames, -1)  # (B, F, P)
-        return Conditioning(self.embeds[:, None].expand(-1, frames, -1, -1), pooled, self.control)  # (B, F, L, D)
+        embeds = self.embeds[:, None].expand(-1, frames, -1, -1)  # (B, F, L, D)
+        return Conditioning(embeds, pooled, self.control, self.image)
 
     @staticmethod
     def cat(parts: list[Conditioning]) -> Conditioning:
@@ -62,4 +67,8 @@ class Conditioning:
             parts = [p.expand(frames) for p in parts]
         pooled = None if parts[0].pooled is None else torch.cat([p.pooled for p in parts])  # (sum B, ...)
         control = next((p.control for p in parts if p.control), ())
-        return Conditioning(torch.cat([p.embeds for p in parts]), pooled, control)  # (sum B, ...)
+        images = [p.image for p in parts if p.image is not None]
+        image = images[0] if images else None
+        for other in images[1:]:
+            image = image.cat(other)
+        return Conditioning(torch.cat([p.embeds for p in parts]), pooled, control, image)  # (sum B, ...)

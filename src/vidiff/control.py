@@ -157,3 +157,86 @@ class ControlOptions:
             if outside:
                 raise InvalidArgument(NETS, f"{uri.path}: frames {outside} are outside a {frames}-frame video "
                                       f"(frames count from 0)")  # fmt: skip
+
+
+IP = "--ip-adapters"
+
+
+@dataclass(frozen=True)
+class IPAdapterUri:
+    """An IP-Adapter file and its scale: one number, or keyframes {frame: scale} interpolated over the frames
+    (`scale=0:0.2,15:0.8`)."""
+
+    path: str
+    scale: float | dict[int, float] = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> IPAdapterUri:
+        parts = [p.strip() for p in checks.text(IP, spec, empty=False).split(";")]
+        if not parts[0] or "=" in parts[0]:
+            raise InvalidArgument(IP, f"{spec!r} must start with an IP-Adapter file")
+        scale: float | dict[int, float] = 1.0
+        for part in parts[1:]:
+            key, sep, value = (s.strip() for s in part.partition("="))
+            if key != "scale" or not sep:
+                raise InvalidArgument(IP, f"{spec!r}: unknown key {key!r} (keys: scale)")
+            scale = _keyed_scale(spec, value) if ":" in value else _ip_number(spec, value)
+        return cls(parts[0], scale)
+
+    def scales(self) -> dict[int, float]:
+        """The scale keyframes ({0: s} for one number)."""
+        return dict(self.scale) if isinstance(self.scale, dict) else {0: self.scale}
+
+
+def _ip_number(spec: str, value: str) -> float:
+    try:
+        return checks.number(IP, float(value), 0)
+    except ValueError:
+        raise InvalidArgument(IP, f"{spec!r}: scale={value!r} is not a number") from None
+
+
+def _keyed_scale(spec: str, value: str) -> dict[int, float]:
+    keyed = {}
+    for item in value.split(","):
+        frame, _, number = (s.strip() for s in item.partition(":"))
+        if not re.fullmatch(r"\d+", frame) or int(frame) in keyed:
+            raise InvalidArgument(
+                IP, f"{spec!r}: scale keyframes are FRAME:SCALE with distinct frames, like 0:0.2,15:0.8"
+            )
+        keyed[int(frame)] = _ip_number(spec, number)
+    return keyed
+
+
+@dataclass(frozen=True)
+class IPAdapterOptions:
+    """The IP-Adapter group of a request: the adapter URI (`--ip-adapters`) and the CLIP vision folder that
+    embeds its images (`--image-encoder`; default: an `image_encoder/` folder beside the adapter)."""
+
+    adapter: str | None = None
+    image_encoder: str | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.adapter is not None
+
+    def uri(self) -> IPAdapterUri | None:
+        return None if self.adapter is None else IPAdapterUri.parse(self.adapter)
+
+    def encoder_path(self) -> str | None:
+        """The image encoder's folder: given, or `image_encoder/` beside the adapter file."""
+        if self.adapter is None:
+            return None
+        from pathlib import Path
+
+        return self.image_encoder or str(Path(self.uri().path).parent / "image_encoder")
+
+    def validate(self, frames: int | None) -> None:
+        """The URI, an image encoder given only with an adapter, scale keyframes within the video."""
+        if self.adapter is None:
+            if self.image_encoder is not None:
+                raise InvalidArgument("--image-encoder", "embeds IP-Adapter images; give --ip-adapters too")
+            return
+        uri = self.uri()
+        outside = [f for f in uri.scales() if frames is not None and f >= frames]
+        if outside:
+            raise InvalidArgument(IP, f"scale keyframes {outside} are outside a {frames}-frame video")

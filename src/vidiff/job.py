@@ -106,10 +106,30 @@ class RenderJob:
             checks.existing("--control-nets", uri.path)
             check_control(uri)
         frames = self.request.frames or (None if seed and seed.latents else DEFAULT_FRAMES)  # None: the latents'
+        self._check_ip_adapter(seed, frames)
         for uri, path in zip(control.uris(), seed.control if seed else (), strict=False):
             count, wanted = (len(uri.frames), "its frames= names") if uri.frames else (frames, "--frames is")
             if count is not None:
                 check_count(frame_count(path, "--image-seeds"), count, path, "--image-seeds", wanted)
+
+    def _check_ip_adapter(self, seed: ImageSeed | None, frames: int | None) -> None:
+        """An IP-Adapter has its file, its image encoder and its image(s), keyframed within the video."""
+        ip = self.request.ip_adapter
+        images = seed.adapter if seed is not None else None
+        if not ip.on:
+            if images:
+                raise InvalidArgument("--image-seeds", "names IP-Adapter images but no --ip-adapters is given")
+            return
+        ip.validate(frames)  # scale keyframes within the video
+        checks.existing("--ip-adapters", ip.uri().path)
+        if not Path(ip.encoder_path()).is_dir():
+            raise InvalidArgument("--image-encoder", f"the IP-Adapter needs its CLIP image encoder: --image-encoder "
+                                  f"FOLDER (none at {ip.encoder_path()})")  # fmt: skip
+        if not images:
+            raise InvalidArgument("--ip-adapters", 'needs an image: --image-seeds "adapter: ref.png"')
+        outside = [f for f in images if frames is not None and f >= frames]
+        if outside:
+            raise InvalidArgument("--image-seeds", f"adapter keyframes {outside} are outside a {frames}-frame video")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -41,7 +41,8 @@ DEVICE_KINDS = ("cpu", "cuda", "mps")
 TRAIN_STAGES = ("vae", "image", "motion")
 LATENT_SUFFIXES = (".pt", ".pth", ".safetensors")
 BENCH_ROWS = ("diffusers", "same-dtype", "default", "fast")  # vidiff bench's table, by default
-BENCH_OPTIONAL_ROWS = ("lightning", "lora", "lora-unfused", "diffusers-controlnet", "controlnet", "controlnet-2")
+BENCH_OPTIONAL_ROWS = ("lightning", "lora", "lora-unfused", "diffusers-controlnet", "controlnet", "controlnet-2",
+                       "ip-adapter")  # fmt: skip
 
 
 def scheduler_key(name: str) -> str | None:

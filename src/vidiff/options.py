@@ -116,6 +116,9 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--control-nets", action="append", metavar="URI",
                      help='"PATH;scale=1.0;start=0.0;end=1.0" ControlNet (folder or A1111 file); SparseCtrl: '
                      '"PATH;frames=0,8,15"; repeatable or comma-separated')  # fmt: skip
+    gen.add_argument("--ip-adapters", metavar="URI", help='"ip-adapter_sd15.safetensors;scale=0.6" (scale keyframes: '
+                     '"scale=0:0.2,15:0.8"); its image by --image-seeds "adapter: ref.png"')  # fmt: skip
+    gen.add_argument("--image-encoder", help="the IP-Adapter's CLIP vision folder (default: image_encoder/ beside it)")
     gen.add_argument("--control-image-processors", nargs="+", metavar="PROCESSOR",
                      help='one per ControlNet, in order: "canny;lower=100;upper=200", invert, none')  # fmt: skip
     gen.add_argument("--image-seed-strength", type=float, default=0.8, help="img2img: share of the schedule re-run")

@@ -18,12 +18,13 @@ from .adapters.base import Loaded, LoadOptions, VideoDenoiser
 from .adapters.context import ContextWindowDenoiser
 from .codec import LatentCodec
 from .conditioning import Conditioning
-from .control import ControlNetUri
+from .control import ControlNetUri, IPAdapterOptions
 from .controlnets import Control, check_control_fits, load_control_model
 from .denoise import Cache, Inpaint, StepCallback, denoise, step_kwargs
 from .errors import InvalidArgument
 from .free_init import low_pass, reinitialize
 from .image_seeds import ImageSeed
+from .ip_adapter import ImageCond, ImagePrompt
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
 from .memory import clock
@@ -124,6 +125,7 @@ class VideoPipeline:
         self.notes = loaded.notes  # what loading found out (detected motion-module version, GroupNorm mode)
         self.accelerators: dict[str, Cache] = {}  # name -> applied accelerator, reset and stepped by the loop
         self.control_models: dict[str, nn.Module] = {}  # ControlNets by path, loaded once (warm across jobs)
+        self.image_prompt: ImagePrompt | None = None  # the IP-Adapter installed on the UNet, if any
 
     @classmethod
     def from_pretrained(cls, model: str | LoadSettings, motion_module: str | None = None, **settings) -> VideoPipeline:
@@ -209,7 +211,9 @@ class VideoPipeline:
         # 1. Encode the prompt (and the negative prompt for classifier-free guidance).
         start = clock(self.device)
         cond, uncond = self._encode(request)
-        cond = replace(cond, control=self._controls(request, source))
+        image, negative = self._image(request, source)
+        cond = replace(cond, control=self._controls(request, source), image=image)
+        uncond = None if uncond is None else replace(uncond, image=negative)
         timings.encode = clock(self.device) - start
         # 2. Scheduler from the model folder's config, its explicit timestep list, and the slice to run.
         scheduler = make_scheduler(
@@ -275,6 +279,43 @@ class VideoPipeline:
             mask[:, :, at] = 1
             controls.append(Control(model, placed, uri.scale, uri.start, uri.end, mask))
         return tuple(controls)
+
+    def ip_adapter(self, options: IPAdapterOptions) -> ImagePrompt | None:
+        """The IP-Adapter a request names, installed on the UNet and kept for later runs with it (one at a time:
+        another, or none, puts the UNet's own attention back first)."""
+        wanted = (options.uri().path, options.encoder_path()) if options.on else None
+        current = self.image_prompt
+        if current is not None and (current.path, current.encoder_path) != wanted:
+            current.remove()
+            self.image_prompt = None
+        if wanted is not None and self.image_prompt is None:
+            if not self.spec.controlnets:
+                raise InvalidArgument("--ip-adapters", f"IP-Adapters steer UNet backbones; this is {self.spec.name}")
+            self.image_prompt = ImagePrompt.load(self.denoiser.module, *wanted, self.denoiser.dtype)
+        return self.image_prompt
+
+    def _image(self, request: GenerationRequest, source: Source) -> tuple[ImageCond | None, ImageCond | None]:
+        """The IP-Adapter's image embeddings for each guidance side (zeros for the negative one, as diffusers):
+        one per video (B, D), or interpolated per frame between keyframes (B, F, D); the scale likewise."""
+        prompt = self.ip_adapter(request.ip_adapter)
+        if prompt is None:
+            return None, None
+        if not source.adapter:
+            raise InvalidArgument("--ip-adapters", 'needs an image: --image-seeds "adapter: ref.png"')
+        keys, n = sorted(source.adapter), request.num_videos
+        embeds = prompt.embed([source.adapter[k] for k in keys])  # (K, D)
+        if len(keys) == 1:
+            image = embeds[:1].expand(n, -1)  # (B, D)
+        else:
+            image = interpolate({k: embeds[i : i + 1].expand(n, -1) for i, k in enumerate(keys)}, request.frames)
+        scales = request.ip_adapter.uri().scales()
+        if len(scales) == 1:
+            scale: float | Tensor = float(next(iter(scales.values())))
+        else:
+            keyed = {k: torch.tensor([[v]], device=self.device) for k, v in scales.items()}
+            scale = interpolate(keyed, request.frames)[0, :, 0]  # (F,)
+        negative = ImageCond(prompt, torch.zeros_like(image), scale) if request.cfg else None
+        return ImageCond(prompt, image, scale), negative
 
     def _timesteps(self, scheduler: SchedulerMixin, request: GenerationRequest) -> Tensor:
         h, w = self.codec.latent_shape(1, 1, request.height, request.width)[-2:]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 from . import checks
-from .control import ControlOptions
+from .control import ControlOptions, IPAdapterOptions
 from .errors import InvalidArgument
 from .names import (
     BETA_SCHEDULES,
@@ -109,6 +109,7 @@ class GenerationRequest:
     travel: TravelOptions = field(default_factory=TravelOptions)  # the prompt changes over the frames
     free_init: FreeInitOptions = field(default_factory=FreeInitOptions)  # FreeInit passes and filter
     control: ControlOptions = field(default_factory=ControlOptions)  # ControlNets / SparseCtrl and processors
+    ip_adapter: IPAdapterOptions = field(default_factory=IPAdapterOptions)  # a reference image's adapter
 
     @classmethod
     def from_options(cls, prompt: str, **options) -> GenerationRequest:
@@ -168,6 +169,7 @@ class GenerationRequest:
         self.travel.validate(self.frames)
         self.free_init.validate(split=start is not None or end is not None)
         self.control.validate(self.frames)
+        self.ip_adapter.validate(self.frames)
         if self.scheduler is not None and scheduler_key(c.text("--scheduler", self.scheduler)) is None:
             raise InvalidArgument(
                 "--scheduler", f"unknown scheduler {self.scheduler!r} (choose from {', '.join(SCHEDULER_CLASSES)})"
@@ -182,6 +184,7 @@ class GenerationRequest:
         self.validate()
         self.travel.validate(self.frames or DEFAULT_FRAMES)
         self.control.validate(self.frames or DEFAULT_FRAMES)
+        self.ip_adapter.validate(self.frames or DEFAULT_FRAMES)
         scheduler = self.scheduler or spec.default_scheduler
         if spec.flow != (scheduler_key(scheduler) in FLOW_SCHEDULERS):
             kind = "flow-matching (flow-euler)" if spec.flow else "diffusion"
@@ -202,7 +205,8 @@ class GenerationRequest:
         )
 
 
-GROUPS = {"context": ContextOptions, "travel": TravelOptions, "free_init": FreeInitOptions, "control": ControlOptions}
+GROUPS = {"context": ContextOptions, "travel": TravelOptions, "free_init": FreeInitOptions, "control": ControlOptions,
+          "ip_adapter": IPAdapterOptions}  # fmt: skip
 GROUP_FLAGS = {  # each group field by the flag (its argparse dest, a flat job's key) that sets it
     "context_length": ("context", "length"), "context_overlap": ("context", "overlap"),
     "context_stride": ("context", "stride"), "context_schedule": ("context", "schedule"),
@@ -213,6 +217,7 @@ GROUP_FLAGS = {  # each group field by the flag (its argparse dest, a flat job's
     "free_init_order": ("free_init", "order"), "free_init_spatial": ("free_init", "spatial"),
     "free_init_temporal": ("free_init", "temporal"),
     "control_nets": ("control", "nets"), "control_image_processors": ("control", "processors"),
+    "ip_adapters": ("ip_adapter", "adapter"), "image_encoder": ("ip_adapter", "image_encoder"),
 }  # fmt: skip
 
 

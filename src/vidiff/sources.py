@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .codec import LatentCodec
+from .errors import InvalidArgument
 from .image_seeds import ARG, ImageSeed, parse_image_seed
 from .latents_io import LatentsFile, check_latents, load_latents
 from .media import fit, read_frames, take_frames
@@ -30,6 +31,7 @@ class Source:
     mask: np.ndarray | None = None  # (F, H, W) in [0, 1]: 1 = repaint, 0 = keep the source
     latents: LatentsFile | None = None  # continue from these (cooperative denoising, resume)
     control: list[np.ndarray] | None = None  # per ControlNet: (N, H, W, 3) uint8 control images, processed
+    adapter: dict[int, np.ndarray] | None = None  # IP-Adapter images (H, W, 3) uint8 by keyframe, as given
 
 
 def resolve_source(
@@ -71,6 +73,11 @@ def resolve_source(
         source.mask = take_frames(mask, request.frames, seed.mask, ARG)
     if seed is not None and seed.control:
         source.control = control_images(request, seed.control)
+    if seed is not None and seed.adapter:
+        outside = [f for f in seed.adapter if f >= request.frames]
+        if outside:
+            raise InvalidArgument(ARG, f"adapter keyframes {outside} are outside a {request.frames}-frame video")
+        source.adapter = {f: np.asarray(Image.open(p).convert("RGB")) for f, p in seed.adapter.items()}
     return source, request
 
 

@@ -101,6 +101,34 @@ def tiny_sparsectrl(rgb: bool, seed: int = 0) -> SparseControlNetModel:
     return fill_zero_layers(model, seed)
 
 
+def tiny_image_encoder(projection_dim: int = 16, seed: int = 0):
+    """A CLIP vision encoder with projection, 32-pixel images (what an IP-Adapter embeds its image with)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=32, patch_size=8, projection_dim=projection_dim)  # fmt: skip
+    return CLIPVisionModelWithProjection(config)
+
+
+def tiny_ip_adapter(unet: nn.Module, image_dim: int = 16, tokens: int = 4, seed: int = 0) -> dict:
+    """An IP-Adapter (h94's layout: `image_proj` and `ip_adapter` with `{1,3,5,...}.to_k_ip/to_v_ip` in the
+    order of the UNet's cross-attention processors) with random weights for `unet`."""
+    generator = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(shape, generator=generator) * 0.1  # noqa: E731
+    cross = unet.config.cross_attention_dim
+    image_proj = {"proj.weight": rand(tokens * cross, image_dim), "proj.bias": rand(tokens * cross),
+                  "norm.weight": 1 + rand(cross), "norm.bias": rand(cross)}  # fmt: skip
+    ip_adapter, key = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor") and "motion_modules" not in name:
+            hidden = unet.get_submodule(name.removesuffix(".processor")).to_k.weight.shape[0]
+            ip_adapter[f"{key}.to_k_ip.weight"] = rand(hidden, cross)
+            ip_adapter[f"{key}.to_v_ip.weight"] = rand(hidden, cross)
+            key += 2
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+
 def tiny_vae() -> AutoencoderKL:
     """Four blocks, so pixels -> latents is 8x down, as in Stable Diffusion."""
     return AutoencoderKL(

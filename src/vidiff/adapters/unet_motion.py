@@ -90,10 +90,16 @@ class UNetMotionDenoiser(VideoDenoiser):
                 del block.forward
 
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
-        frames = latents.shape[2]
-        embeds, _ = cond.flat(frames)  # (B*F, L, D), frame-major per video
-        added = residuals(latents, t, embeds, cond.control)  # ControlNets' down and mid residuals
-        return self.unet(latents, t, encoder_hidden_states=embeds, **added).sample  # (B, C, F, h, w)
+        return self.unet(latents, t, **unet_inputs(latents, t, cond)).sample  # (B, C, F, h, w)
+
+
+def unet_inputs(latents: Tensor, t: Tensor, cond: Conditioning) -> dict:
+    """A UNet call's conditioning for latents (B, C, F, h, w): the text (B*F, L, D), frame-major per video, with
+    the IP-Adapter's image tokens when it has them, and the ControlNets' summed residuals (they read the text)."""
+    b, f = latents.shape[0], latents.shape[2]
+    embeds, _ = cond.flat(f)  # (B*F, L, D)
+    context = embeds if cond.image is None else (embeds, cond.image.inputs(b, f))
+    return {"encoder_hidden_states": context, **residuals(latents, t, embeds, cond.control)}
 
 
 def _windowed_block(
@@ -137,10 +143,8 @@ class UNetFramesDenoiser(VideoDenoiser):
     def predict(self, latents: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
         b, c, f, h, w = latents.shape
         frames = latents.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, h, w)
-        embeds, _ = cond.flat(f)  # (B*F, L, D)
         steps = per_frame(t, b, f)  # (B*F,)
-        added = residuals(latents, steps, embeds, cond.control)  # ControlNets on each frame
-        out = self.unet(frames, steps, encoder_hidden_states=embeds, **added).sample  # (B*F, C, h, w)
+        out = self.unet(frames, steps, **unet_inputs(latents, steps, cond)).sample  # (B*F, C, h, w)
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
 
 
