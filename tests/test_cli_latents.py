@@ -92,7 +92,7 @@ def test_video_to_video_and_inpainting_from_files(tmp_path, model):
     [
         ("", "malformed spec"),
         ("a.png;;mask=b.png", "empty part"),
-        ("a.png;colour=red", "is not mask=... or latents=..."),
+        ("a.png;colour=red", "is not mask=, latents=, control= or adapter="),
         ("mask=m.png", "a mask needs an image"),
         ("latents: ", "names no file"),
         ("missing.png", "no such file"),

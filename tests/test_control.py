@@ -207,3 +207,49 @@ def test_frame_by_frame_mode_steers_each_frame_with_its_own_image(sd1_folder, co
     plain = pipe(PROMPT, output_type="latent", progress=False, **SETTINGS).latents
     assert (runs[0] - runs[1]).abs().max().item() <= 1e-5
     assert (runs[0] - plain).abs().max().item() > 100 * ATOL
+
+
+def test_deep_cache_keeps_the_controlnets_effect(motion_pipe, controls):
+    """DeepCache reuses inner UNet blocks that a ControlNet's residuals fed at the step they were computed:
+    measured here, the ControlNet's effect on the latents survives it (direction and size within a few %)."""
+    from vidiff import DeepCacheConfig
+
+    net = dict(image_seeds=str(controls["video0"]), control_nets=[f"{controls['net0']};scale=0.8"])
+    settings = SETTINGS | {"steps": 12}
+    effects = []
+    for cache in (False, True):
+        if cache:
+            motion_pipe.enable_cache(DeepCacheConfig(skip=3))
+        try:
+            plain = motion_pipe(PROMPT, output_type="latent", progress=False, **settings).latents
+            steered = motion_pipe(PROMPT, output_type="latent", progress=False, **net, **settings).latents
+        finally:
+            motion_pipe.disable_cache()
+        effects.append((steered - plain).flatten())
+    cosine = torch.nn.functional.cosine_similarity(effects[0], effects[1], dim=0).item()
+    ratio = (effects[1].norm() / effects[0].norm()).item()
+    assert cosine > 0.95 and 0.9 < ratio < 1.1, (cosine, ratio)
+
+
+def test_prompt_travel_composes_with_a_controlnet(motion_pipe, controls):
+    """Per-frame prompts (travel between two equal prompts) with a ControlNet give the plain prompt's video."""
+    net = dict(image_seeds=str(controls["video0"]), control_nets=[f"{controls['net0']};scale=0.8"])
+    plain = motion_pipe(PROMPT, output_type="latent", progress=False, **net, **SETTINGS).latents
+    travel = motion_pipe(PROMPT, output_type="latent", progress=False, prompt_travel={0: PROMPT, 7: PROMPT}, **net,
+                         **SETTINGS).latents  # fmt: skip
+    assert (travel - plain).abs().max().item() <= ATOL  # per-frame embeddings: another summation order
+
+
+def test_a_controlnet_for_another_vae_or_unet_is_refused(motion_pipe, controls, tmp_path):
+    from vidiff.errors import LoadError
+
+    model = ControlNetModel(block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=32,
+                            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), norm_num_groups=8,
+                            conditioning_embedding_out_channels=(8, 16, 16))  # fmt: skip
+    model.save_pretrained(tmp_path / "x4")
+    with pytest.raises(LoadError, match="scales its images down 4x; this model's VAE makes one latent cell of 8x8"):
+        motion_pipe(PROMPT, image_seeds=str(controls["video0"]), control_nets=[str(tmp_path / "x4")], **SETTINGS)
+    ControlNetModel(block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=48, norm_num_groups=8,
+                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D")).save_pretrained(tmp_path / "wide")  # fmt: skip
+    with pytest.raises(LoadError, match="text width 48"):
+        motion_pipe(PROMPT, image_seeds=str(controls["video0"]), control_nets=[str(tmp_path / "wide")], **SETTINGS)

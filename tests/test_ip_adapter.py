@@ -93,3 +93,18 @@ def test_ip_adapter_input_is_checked(pipe, ip):
         pipe(PROMPT, ip_adapters=adapter, **SETTINGS)
     with pytest.raises(InvalidArgument, match="outside a 8-frame video"):
         pipe(PROMPT, image_seeds=f"adapter: 9={ip / 'a.png'}", ip_adapters=adapter, **SETTINGS)
+
+
+def test_ip_adapter_in_frame_by_frame_mode_and_with_windows(sd1_folder, pipe, ip):
+    """Frame by frame, each frame's UNet call gets the image tokens; context windows slice keyframed ones."""
+    adapter = dict(image_seeds=f"adapter: 0={ip / 'a.png'}, 11={ip / 'b.png'}",
+                   ip_adapters=f"{ip / 'ip-adapter_sd15.safetensors'};scale=0:0.3,11:0.9")  # fmt: skip
+    frames = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", dtype="float32")
+    settings = SETTINGS | {"frames": 12}
+    steered = frames(PROMPT, output_type="latent", progress=False, **adapter, **settings).latents
+    plain = frames(PROMPT, output_type="latent", progress=False, **settings).latents
+    assert (steered - plain).abs().max().item() > 100 * ATOL
+    windowed = pipe(PROMPT, output_type="latent", progress=False, context_length=8, context_stride=4, **adapter,
+                    **settings).latents  # fmt: skip
+    assert windowed.shape == (1, 4, 12, 8, 8) and torch.isfinite(windowed).all()
+    pipe.ip_adapter(IPAdapterOptions())

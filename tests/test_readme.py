@@ -24,6 +24,7 @@ def test_python_examples_run(tmp_path, monkeypatch):
         "inpainted.gif",
         "fast.gif",
         "edges.gif",
+        "styled.gif",
     )
     for name in outputs:
         assert (tmp_path / name).stat().st_size > 0, name

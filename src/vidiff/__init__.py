@@ -12,7 +12,7 @@ from .errors import InvalidArgument, LoadError, OutputExists, RenderInterrupted,
 
 if TYPE_CHECKING:
     from .accel.configs import DeepCacheConfig, PABConfig
-    from .control import ControlOptions
+    from .control import ControlOptions, IPAdapterOptions
     from .job import RenderJob, RenderResult
     from .pipeline import Timings, VideoOutput, VideoPipeline
     from .renderer import Renderer, decode_file, render
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "ControlOptions": "control",
+    "IPAdapterOptions": "control",
     "DeepCacheConfig": "accel.configs",
     "PABConfig": "accel.configs",
     "GenerationRequest": "request",
@@ -39,6 +40,7 @@ _WHERE = {
 
 __all__ = [
     "ControlOptions",
+    "IPAdapterOptions",
     "DeepCacheConfig",
     "GenerationRequest",
     "InvalidArgument",

@@ -51,13 +51,19 @@ def load_control_model(uri: ControlNetUri, dtype: torch.dtype, device: torch.dev
     return model.to(device).eval().requires_grad_(False)
 
 
-def check_control_fits(model: nn.Module, unet: nn.Module, path: str) -> None:
-    """Refuse a ControlNet shaped for another UNet (block widths, text width)."""
+def check_control_fits(model: nn.Module, unet: nn.Module, spatial: int, path: str) -> None:
+    """Refuse a ControlNet shaped for another UNet (block widths, text width) or VAE (how far its image
+    embedding scales pixels down: `spatial` pixels per latent cell)."""
     got = (tuple(model.config.block_out_channels), model.config.cross_attention_dim)
     want = (tuple(unet.config.block_out_channels), unet.config.cross_attention_dim)
     if got != want:
         raise LoadError(NETS, f"{Path(path).name} was made for a UNet with block widths {got[0]} and text width "
                         f"{got[1]}; this model's UNet has {want[0]} and {want[1]}")  # fmt: skip
+    latent_input = getattr(model.config, "use_simplified_condition_embedding", False)
+    down = 2 ** (len(model.config.conditioning_embedding_out_channels) - 1)
+    if not latent_input and down != spatial:
+        raise LoadError(NETS, f"{Path(path).name} scales its images down {down}x; this model's VAE makes one "
+                        f"latent cell of {spatial}x{spatial} pixels")  # fmt: skip
 
 
 def controlnet_config(state: dict[str, Tensor]) -> dict:

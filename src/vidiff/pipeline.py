@@ -249,7 +249,7 @@ class VideoPipeline:
             if not self.spec.controlnets:
                 raise InvalidArgument("--control-nets", f"ControlNets steer UNet backbones; this is {self.spec.name}")
             model = load_control_model(uri, self.denoiser.dtype, self.device)
-            check_control_fits(model, self.denoiser.module, uri.path)
+            check_control_fits(model, self.denoiser.module, self.codec.spatial, uri.path)
             self.control_models[uri.path] = model
         return self.control_models[uri.path]
 

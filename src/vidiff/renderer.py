@@ -84,6 +84,8 @@ class Renderer:
         figures = preflight.model_figures(resolve_model_folder(load.model), extra)
         run = preflight.run_shape(job, figures, element)
         controls = [Path(uri.path) for uri in job.request.control.uris()]  # their weights count too
+        ip = job.request.ip_adapter
+        controls += [Path(ip.uri().path), Path(ip.encoder_path())] if ip.on else []
         weights = preflight.weight_bytes_on_disk([*figures.weight_paths, *controls], element)
         est = preflight.estimate(weights, figures, run, device.type == "cpu")
         preflight.check(est, preflight.free_bytes(device), run, figures, current_bytes(device))
