@@ -249,7 +249,8 @@ def test_a_controlnet_for_another_vae_or_unet_is_refused(motion_pipe, controls, 
     model.save_pretrained(tmp_path / "x4")
     with pytest.raises(LoadError, match="scales its images down 4x; this model's VAE makes one latent cell of 8x8"):
         motion_pipe(PROMPT, image_seeds=str(controls["video0"]), control_nets=[str(tmp_path / "x4")], **SETTINGS)
-    ControlNetModel(block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=48, norm_num_groups=8,
-                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D")).save_pretrained(tmp_path / "wide")  # fmt: skip
+    wide = ControlNetModel(block_out_channels=(32, 64), layers_per_block=2, cross_attention_dim=48, norm_num_groups=8,
+                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"))  # fmt: skip
+    wide.save_pretrained(tmp_path / "wide")
     with pytest.raises(LoadError, match="text width 48"):
         motion_pipe(PROMPT, image_seeds=str(controls["video0"]), control_nets=[str(tmp_path / "wide")], **SETTINGS)
