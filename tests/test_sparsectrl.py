@@ -130,3 +130,12 @@ def test_backbone_windows_place_keyframes_in_their_own_frames(motion_pipe, spars
     run = motion_pipe.prepare(half, source)
     run.latents = noise[:, :, 8:]
     assert (motion_pipe.sample(run, progress=False).latents - got).abs().max().item() <= ATOL  # VAE batch sizes differ
+
+
+def test_sparsectrl_needs_motion_modules(sd1_folder, sparse):
+    from vidiff import VideoPipeline
+    from vidiff.errors import InvalidArgument
+
+    frames = VideoPipeline.from_pretrained(str(sd1_folder), mode="sequential", dtype="float32")
+    with pytest.raises(InvalidArgument, match="SparseCtrl, which needs motion modules"):
+        frames(PROMPT, image_seeds=str(sparse["keys"]), control_nets=[f"{sparse['rgb']};frames=0,4,7"], **SETTINGS)

@@ -120,7 +120,6 @@ def vidiff_row(
     from .request import GenerationRequest
     from .sources import Source
 
-    weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules)
     fixed = steps
 
     def call(steps: int) -> Measure:
@@ -141,6 +140,9 @@ def vidiff_row(
                 pass
             total = clock(pipe.device) - start
         pipe.disable_cache()
+        prompt = pipe.image_prompt  # installed for this row's call (the IP-Adapter row), weights counted
+        steering = [*(pipe.control_models[c.split(";")[0]] for c in controls), *(prompt.modules if prompt else ())]
+        weights = weight_bytes(pipe.denoiser.module, pipe.vae, *pipe.prompt_encoder.modules, *steering)
         return Measure(t.per_step, t.decode, total, (weights + mem.peak) / 2**30, latents.float().cpu())
 
     return Row(name, label, str(pipe.denoiser.dtype).removeprefix("torch."), call)

@@ -36,7 +36,7 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
         return None
     if not isinstance(header, dict):
         return None
-    return {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+    return {k: tuple(v.get("shape") or ()) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
 
 
 def _shapes(path: Path) -> dict[str, tuple[int, ...]]:

@@ -102,6 +102,13 @@ class ImagePrompt:
                 p.to(device, dtype)
         return cls(path, encoder_path, encoder, preprocess, projection, unet, saved)
 
+    @property
+    def modules(self) -> tuple[nn.Module, ...]:
+        """What it adds to the process: the image encoder, the projection, the attention processors' weights."""
+        processors = [p for p in self.unet.attn_processors.values() if isinstance(p, nn.Module) and
+                      isinstance(p, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0)]  # fmt: skip
+        return (self.encoder, self.projection, *processors)
+
     def remove(self) -> None:
         """Put the UNet's own attention processors back."""
         self.unet.set_attn_processor(self.saved)

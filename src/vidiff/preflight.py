@@ -20,11 +20,12 @@ When it exceeds the memory the device has free, the run is refused with what wou
 from __future__ import annotations
 
 import json
+import math
 import os
-import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .control_files import safetensors_shapes
 from .errors import InvalidArgument
 from .export import keeps_every_frame
 from .job import default_output
@@ -39,7 +40,6 @@ RUNTIME_BYTES = GIB // 2  # Python + torch + diffusers on a CPU, measured 0.45 G
 WORKING_FLOOR = 24 * 2**20  # CPU working memory that no run size explains, measured 16-27 MiB
 ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth")
-MAX_HEADER = 100 * 2**20  # safetensors' own limit on its JSON header
 SD15_WIDTH, SD15_VAE_WIDTH = 320, 128  # what a single-file checkpoint is taken to be
 
 
@@ -77,24 +77,10 @@ class Estimate:
 
 def _tensor_elements(path: Path) -> int | None:
     """Elements in a safetensors file, from its header alone; None if it is not one."""
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > MAX_HEADER:  # not a safetensors file (its reader says so when loading)
-                return None
-            header = json.loads(f.read(size))
-    except (OSError, ValueError, struct.error):
+    shapes = safetensors_shapes(path)
+    if shapes is None:
         return None
-    if not isinstance(header, dict):
-        return None
-    count = 0
-    for key, entry in header.items():
-        if key != "__metadata__":
-            n = 1
-            for d in entry.get("shape", ()) if isinstance(entry, dict) else ():
-                n *= d if isinstance(d, int) else 1
-            count += n
-    return count
+    return sum(math.prod(d if isinstance(d, int) else 1 for d in shape) for shape in shapes.values())
 
 
 def weight_bytes_on_disk(paths: list[Path], element: int) -> int:
