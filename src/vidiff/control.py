@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import checks
 from .errors import InvalidArgument
@@ -226,8 +227,6 @@ class IPAdapterOptions:
         """The image encoder's folder: given, or `image_encoder/` beside the adapter file."""
         if self.adapter is None:
             return None
-        from pathlib import Path
-
         return self.image_encoder or str(Path(self.uri().path).parent / "image_encoder")
 
     def validate(self, frames: int | None) -> None:

@@ -63,7 +63,12 @@ def inspect(path: str | Path) -> ControlInfo:
         name = config.get("_class_name", "")
         arch = FOLDER_CLASSES.get(name) or ("sdxl" if config.get("addition_embed_type") == "text_time" else "sd1")
         return ControlInfo("sparsectrl" if name == "SparseControlNetModel" else "controlnet", arch)
-    keys = {k.removeprefix(A1111): s for k, s in _shapes(path).items()}
+    return info_from_keys(_shapes(path), path.name)
+
+
+def info_from_keys(shapes: dict[str, tuple[int, ...]], name: str) -> ControlInfo:
+    """The kind and architecture of a single file, from its tensor names (and shapes)."""
+    keys = {k.removeprefix(A1111): s for k, s in shapes.items()}
     if any(".motion_modules." in k for k in keys):
         return ControlInfo("sparsectrl", "sd1")
     if any(k.startswith(("transformer_blocks.", "controlnet_blocks.", "pos_embed.")) for k in keys):
@@ -71,15 +76,15 @@ def inspect(path: str | Path) -> ControlInfo:
     if any(k.startswith(("label_emb.", "add_embedding.")) for k in keys):
         return ControlInfo("controlnet", "sdxl")
     if not any(k.startswith(("input_hint_block.", "controlnet_cond_embedding.")) for k in keys):
-        raise InvalidArgument(NETS, f"{path.name} is not a ControlNet (no input_hint_block or "
+        raise InvalidArgument(NETS, f"{name} is not a ControlNet (no input_hint_block or "
                               "controlnet_cond_embedding weights)")  # fmt: skip
     return ControlInfo("controlnet", "sd1")
 
 
-def check_control(uri: ControlNetUri) -> ControlInfo:
-    """The ControlNet's ControlInfo, refusing in one line one for another architecture, and frames= on a
-    ControlNet that is not SparseCtrl."""
-    info = inspect(uri.path)
+def check_control(uri: ControlNetUri, info: ControlInfo | None = None) -> ControlInfo:
+    """The ControlNet's ControlInfo (`info`, or read from its file), refusing in one line one for another
+    architecture, and frames= on a ControlNet that is not SparseCtrl."""
+    info = info or inspect(uri.path)
     if info.architecture != "sd1":
         raise InvalidArgument(NETS, f"{Path(uri.path).name} is a {ARCHITECTURES[info.architecture]} ControlNet; "
                               "vidiff's ControlNets steer Stable Diffusion 1.x models")  # fmt: skip

@@ -25,7 +25,7 @@ from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_t
 from torch import Tensor, nn
 
 from .control import NETS, ControlNetUri
-from .control_files import A1111, check_control
+from .control_files import A1111, check_control, info_from_keys
 from .errors import LoadError
 from .motion.animatediff_format import DEFAULT_MAX_FRAMES
 from .single_file import SD1_GROUPS, SD1_HEADS, _build, _levels
@@ -37,17 +37,17 @@ SPARSE_MOTION_HEADS = 8  # AnimateDiff's motion modules attend with 8 heads
 def load_control_model(uri: ControlNetUri, dtype: torch.dtype, device: torch.device) -> nn.Module:
     """A ControlNetModel or SparseControlNetModel from a folder or a single file, in eval mode on `device`."""
     path = Path(uri.path)
-    info = check_control(uri)
     if path.is_dir():
-        cls = SparseControlNetModel if info.kind == "sparsectrl" else ControlNetModel
+        cls = SparseControlNetModel if check_control(uri).kind == "sparsectrl" else ControlNetModel
         try:
             model = cls.from_pretrained(path, torch_dtype=dtype)
         except (OSError, ValueError, KeyError) as e:
             raise LoadError(NETS, f"{path} is not a readable {cls.__name__} folder ({str(e).splitlines()[0]})") from e
-    elif info.kind == "sparsectrl":
-        model = _sparse_from_original(read_state_dict(path, NETS), dtype)
-    else:
-        model = _controlnet_from_single_file(read_state_dict(path, NETS), dtype)
+    else:  # read once: its keys say what it is
+        state = read_state_dict(path, NETS)
+        info = check_control(uri, info_from_keys({k: tuple(v.shape) for k, v in state.items()}, path.name))
+        build = _sparse_from_original if info.kind == "sparsectrl" else _controlnet_from_single_file
+        model = build(state, dtype)
     return model.to(device).eval().requires_grad_(False)
 
 
@@ -179,7 +179,7 @@ def residuals(latents: Tensor, t: Tensor, embeds: Tensor, controls: tuple[Contro
         else:
             x = latents.transpose(1, 2).flatten(0, 1)  # (B*F, C, h, w)
             images = c.images.transpose(1, 2).flatten(0, 1).repeat(b, 1, 1, 1)  # (B*F, c, H, W)
-            step = t if t.dim() == 0 else t.repeat_interleave(f) if t.shape[0] == b else t
+            step = t if t.dim() == 0 or len(t) == b * f else t.repeat_interleave(f)  # scalar or (B*F,)
             d, m = c.model(x, step, encoder_hidden_states=embeds, controlnet_cond=images.to(x.dtype),
                            conditioning_scale=c.scale, return_dict=False)  # fmt: skip
         down = list(d) if down is None else [a + r for a, r in zip(down, d, strict=True)]

@@ -61,6 +61,12 @@ def read_adapter(path: str) -> dict[str, dict[str, Tensor]]:
     return split
 
 
+def ip_processors(unet: nn.Module) -> list[nn.Module]:
+    """The UNet's IP-Adapter attention processors (diffusers' two kinds)."""
+    kinds = IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0
+    return [p for p in unet.attn_processors.values() if isinstance(p, kinds)]
+
+
 @dataclass
 class ImagePrompt:
     """A loaded IP-Adapter: its image encoder and preprocessing, its projection, and the UNet's processors
@@ -97,17 +103,14 @@ class ImagePrompt:
         device = next(unet.parameters()).device
         encoder.to(device).eval().requires_grad_(False)
         projection.to(device, dtype).eval().requires_grad_(False)
-        for p in unet.attn_processors.values():
-            if isinstance(p, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0):
-                p.to(device, dtype)
+        for p in ip_processors(unet):
+            p.to(device, dtype)
         return cls(path, encoder_path, encoder, preprocess, projection, unet, saved)
 
     @property
     def modules(self) -> tuple[nn.Module, ...]:
         """What it adds to the process: the image encoder, the projection, the attention processors' weights."""
-        processors = [p for p in self.unet.attn_processors.values() if isinstance(p, nn.Module) and
-                      isinstance(p, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0)]  # fmt: skip
-        return (self.encoder, self.projection, *processors)
+        return (self.encoder, self.projection, *ip_processors(self.unet))
 
     def remove(self) -> None:
         """Put the UNet's own attention processors back."""
@@ -127,9 +130,8 @@ class ImagePrompt:
     def set_scale(self, scale: float | Tensor) -> None:
         """One scale, or one per batch row (N,), on every IP-Adapter attention processor."""
         value = scale if isinstance(scale, float) else FrameScale(scale[:, None, None])
-        for p in self.unet.attn_processors.values():
-            if isinstance(p, IPAdapterAttnProcessor | IPAdapterAttnProcessor2_0):
-                p.scale = [value] * len(p.scale)
+        for p in ip_processors(self.unet):
+            p.scale = [value] * len(p.scale)
 
 
 @dataclass

@@ -246,7 +246,7 @@ class VideoPipeline:
     def control_model(self, uri: ControlNetUri) -> nn.Module:
         """A ControlNet or SparseCtrl model (folder or single file), loaded once and kept for later runs."""
         if uri.path not in self.control_models:
-            if not self.spec.controlnets:
+            if not self.spec.steering:
                 raise InvalidArgument("--control-nets", f"ControlNets steer UNet backbones; this is {self.spec.name}")
             model = load_control_model(uri, self.denoiser.dtype, self.device)
             check_control_fits(model, self.denoiser.module, self.codec.spatial, uri.path)
@@ -289,7 +289,7 @@ class VideoPipeline:
             current.remove()
             self.image_prompt = None
         if wanted is not None and self.image_prompt is None:
-            if not self.spec.controlnets:
+            if not self.spec.steering:
                 raise InvalidArgument("--ip-adapters", f"IP-Adapters steer UNet backbones; this is {self.spec.name}")
             self.image_prompt = ImagePrompt.load(self.denoiser.module, *wanted, self.denoiser.dtype)
         return self.image_prompt

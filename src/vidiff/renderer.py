@@ -83,10 +83,10 @@ class Renderer:
         extra = tuple(Path(p) for p in (load.motion_module, load.vae) if p)
         figures = preflight.model_figures(resolve_model_folder(load.model), extra)
         run = preflight.run_shape(job, figures, element)
-        controls = [Path(uri.path) for uri in job.request.control.uris()]  # their weights count too
+        steering = [Path(uri.path) for uri in job.request.control.uris()]  # their weights count too
         ip = job.request.ip_adapter
-        controls += [Path(ip.uri().path), Path(ip.encoder_path())] if ip.on else []
-        weights = preflight.weight_bytes_on_disk([*figures.weight_paths, *controls], element)
+        steering += [Path(ip.uri().path), Path(ip.encoder_path())] if ip.on else []
+        weights = preflight.weight_bytes_on_disk([*figures.weight_paths, *steering], element)
         est = preflight.estimate(weights, figures, run, device.type == "cpu")
         preflight.check(est, preflight.free_bytes(device), run, figures, current_bytes(device))
         return est

@@ -77,8 +77,14 @@ def resolve_source(
         outside = [f for f in seed.adapter if f >= request.frames]
         if outside:
             raise InvalidArgument(ARG, f"adapter keyframes {outside} are outside a {request.frames}-frame video")
-        source.adapter = {f: np.asarray(Image.open(p).convert("RGB")) for f, p in seed.adapter.items()}
+        source.adapter = {f: _rgb(p) for f, p in seed.adapter.items()}
     return source, request
+
+
+def _rgb(path) -> np.ndarray:
+    """An image as given (H, W, 3) uint8: the IP-Adapter's encoder does its own resizing."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def control_images(request: GenerationRequest, paths: tuple) -> list[np.ndarray]:

@@ -38,7 +38,7 @@ class BackboneSpec:
     fast: tuple[str, ...] = ("pab",)  # the accelerators `--fast` turns on, best measured combination first
     frames_per_latent: int = 1  # pixel frames per latent frame (a video VAE that compresses time: 4)
     context_windows: bool = True  # long videos as overlapping windows (needs a frame count the model can vary)
-    controlnets: bool = False  # SD 1.x ControlNets and SparseCtrl steer it
+    steering: bool = False  # SD 1.x ControlNets, SparseCtrl and IP-Adapters steer it
 
 
 SPECS: dict[str, BackboneSpec] = {
@@ -59,7 +59,7 @@ SPECS: dict[str, BackboneSpec] = {
             ),
             deep_cache=True,
             fast=("pab", "deep_cache"),
-            controlnets=True,
+            steering=True,
         ),
         BackboneSpec(
             name="sd3",
