@@ -148,3 +148,54 @@ def test_v3_with_its_domain_adapter_is_v3_and_the_adapter_is_applied(tmp_path, s
     want = unet2d.get_submodule(f"{layer}.to_q").weight + up @ down
     got = plain.denoiser.module.get_submodule(f"{layer}.to_q").weight
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def _domain_adapter(seed: int) -> dict[str, torch.Tensor]:
+    """A v3-style domain-adapter LoRA in AnimateDiff's layout on every spatial attention, the mid block's too."""
+    torch.manual_seed(seed)
+    lora = {}
+    for block, width in (("down_blocks.0", 32), ("mid_block", 64)):  # the tiny SD 1.x UNet's widths
+        for i in (1, 2):
+            for proj in ("to_q", "to_out"):
+                layer = f"{block}.attentions.0.transformer_blocks.0.attn{i}.processor.{proj}_lora"
+                lora[f"{layer}.down.weight"] = 0.1 * torch.randn(4, width)
+                lora[f"{layer}.up.weight"] = 0.1 * torch.randn(width, 4)
+    return lora
+
+
+def test_a_bundled_adapter_on_the_mid_block_cannot_make_v3_look_like_v2(tmp_path, sd1_folder):
+    """The version is read off the motion modules' own keys: a v3 file whose domain adapter touches the mid
+    block's attention stays v3 (no mid-block motion module) and keeps its adapter, equal to passing the adapter
+    with --lora beside the plain module."""
+    from vidiff import VideoPipeline
+
+    torch.manual_seed(5)
+    motion = {
+        k: v.clone().contiguous()
+        for k, v in to_original_keys(tiny_motion_adapter(mid_block=False).state_dict()).items()
+    }
+    lora = _domain_adapter(6)
+    save_file(motion | lora, tmp_path / "v3_bundled.safetensors")
+    save_file(motion, tmp_path / "v3.safetensors")
+    save_file(lora, tmp_path / "v3_adapter.safetensors")
+    assert detect_version(motion | lora) == "v3"
+    bundled = VideoPipeline.from_pretrained(str(sd1_folder), str(tmp_path / "v3_bundled.safetensors"), dtype="float32")
+    separate = VideoPipeline.from_pretrained(str(sd1_folder), str(tmp_path / "v3.safetensors"), dtype="float32",
+                                             loras=(str(tmp_path / "v3_adapter.safetensors"),))  # fmt: skip
+    assert "v3" in bundled.notes[0] and "domain-adapter LoRA (8 layers)" in bundled.notes[0]
+    assert not any(".motion_modules." in n for n, _ in bundled.denoiser.module.mid_block.named_parameters(prefix="m"))
+    settings = dict(frames=4, height=64, width=64, steps=2, seed=3, progress=False, output_type="latent")
+    a, b = bundled("a cat", **settings).latents, separate("a cat", **settings).latents
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_a_bundled_lora_in_another_layout_is_refused_not_dropped(tmp_path):
+    motion = {
+        k: v.clone().contiguous()
+        for k, v in to_original_keys(tiny_motion_adapter(mid_block=False).state_dict()).items()
+    }
+    peft = {"mid_block.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 32)}
+    save_file(motion | peft, tmp_path / "v3_peft.safetensors")
+    assert detect_version(motion | peft) == "v3"
+    with pytest.raises(LoadError, match="bundles a LoRA in another layout"):
+        load_motion_module(tmp_path / "v3_peft.safetensors", torch.float32)

@@ -166,11 +166,11 @@ def test_shapes_give_the_config_and_vae_replaces(checkpoints, adapter_folder, tm
 
 
 def test_other_architectures_and_broken_files_are_one_line(checkpoints, original_files, tmp_path, capsys):
-    xl = {"conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias": torch.zeros(4),
-          "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}  # fmt: skip
-    save_file(xl, tmp_path / "sdxl.safetensors")
+    refiner = {"conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias": torch.zeros(4),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}  # fmt: skip
+    save_file(refiner, tmp_path / "refiner.safetensors")
     (tmp_path / "cut.safetensors").write_bytes(checkpoints["fp32"].read_bytes()[:1000])
-    for path, text in [(tmp_path / "sdxl.safetensors", "is a SDXL checkpoint"),
+    for path, text in [(tmp_path / "refiner.safetensors", "is an SDXL refiner checkpoint"),
                        (tmp_path / "cut.safetensors", "not a readable safetensors file"),
                        (original_files["ckpt"], "not a Stable Diffusion checkpoint")]:  # fmt: skip
         code = cli(

@@ -24,6 +24,17 @@ PIPELINES: dict[str, dict] = {  # model_index.json entries per pipeline class
         "safety_checker": [None, None],
         "feature_extractor": [None, None],
     },
+    "StableDiffusionXLPipeline": {
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "image_encoder": [None, None],
+        "feature_extractor": [None, None],
+    },
     "StableDiffusion3Pipeline": {
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
         "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
@@ -47,7 +58,7 @@ T5 = {"text_encoder_3": ["transformers", "T5EncoderModel"], "tokenizer_3": ["tra
 MOTION_ADAPTER = {"motion_adapter": ["diffusers", "MotionAdapter"]}
 
 
-def write_model_index(folder: Path, pipeline: str = "StableDiffusionPipeline", **extra: list) -> None:
+def write_model_index(folder: Path, pipeline: str = "StableDiffusionPipeline", **extra) -> None:
     """`model_index.json` for `pipeline`, with `extra` components (e.g. `**MOTION_ADAPTER`, `**T5`)."""
     index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__} | PIPELINES[pipeline] | extra
     with atomic_file(Path(folder) / "model_index.json") as tmp:

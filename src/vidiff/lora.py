@@ -24,6 +24,7 @@ from .tensor_files import read_state_dict
 SDXL = (r"^lora_te2_|^text_encoder_2\.|input_blocks_\d|\.input_blocks\.", "SDXL")
 DIT = (r"^transformer\.|^lora_transformer_|joint_blocks|context_embedder", "SD 3 / Flux (a DiT)")
 UNET = (r"^unet\.|^lora_unet_|down_blocks", "Stable Diffusion 1.x (a UNet)")
+SD1 = (r"^lora_te_", "Stable Diffusion 1.x")  # kohya's one text encoder (SDXL's are lora_te1_ / lora_te2_)
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,12 @@ class LoraTarget:
     name: str
     foreign: tuple[tuple[str, str], ...]
     dit: bool  # a transformer (SD 3's loader), else a UNet (with kohya alphas and text-encoder layers)
+    sdxl: bool = False  # SDXL's loader (kohya `lora_te1_` / `lora_te2_`, `input_blocks`)
 
 
 SD1_TARGET = LoraTarget("Stable Diffusion 1.x", (SDXL, DIT), dit=False)
 SD3_TARGET = LoraTarget("SD 3", (SDXL, UNET), dit=True)
+SDXL_TARGET = LoraTarget("SDXL", (SD1, DIT), dit=False, sdxl=True)
 
 
 @dataclass(frozen=True)
@@ -75,22 +78,18 @@ def _read(lora: Lora, argument: str, motion_only: bool, target: LoraTarget) -> d
 
 def apply_loras(
     unet: nn.Module,
-    text_encoder: nn.Module | None,
+    text_encoders: dict[str, nn.Module],
     loras: list[Lora],
     argument: str,
     motion_only: bool = False,
     fuse: bool = True,
     target: LoraTarget = SD1_TARGET,
 ) -> list[str]:
-    """Load each LoRA through diffusers/peft into the UNet (and the text encoder), or SD 3's transformer, at
-    its scale, then fuse them into the weights and drop the peft layers; `motion_only` keeps only
-    motion-module layers (motion LoRAs). Returns one note per LoRA."""
-    from diffusers.loaders import SD3LoraLoaderMixin
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin as Loader
-    from diffusers.loaders.lora_base import fuse_text_encoder_lora
-    from diffusers.utils.peft_utils import set_weights_and_activate_adapters
-
-    notes, names, scales, text_names, text_scales = [], [], [], [], []
+    """Load each LoRA through diffusers/peft into the UNet (and the text encoders, by their diffusers prefix:
+    `text_encoder`, `text_encoder_2`), or SD 3's transformer, at its scale, then fuse them into the weights and
+    drop the peft layers; `motion_only` keeps only motion-module layers (motion LoRAs). One note per LoRA."""
+    notes, names, scales = [], [], []
+    texts: dict[str, tuple[list, list]] = {prefix: ([], []) for prefix in text_encoders}
     for i, lora in enumerate(loras):
         state = _read(lora, argument, motion_only, target)
         name = f"vidiff_{i}"
@@ -98,42 +97,59 @@ def apply_loras(
             layers = merge_original_lora(unet, state, lora.scale, argument)
             notes.append(f"{argument} {Path(lora.path).name}: {layers} layers (AnimateDiff layout) at {lora.scale:g}")
             continue
-        try:
-            before = len(list(unet.modules()))
-            if target.dit:
-                converted = SD3LoraLoaderMixin.lora_state_dict(dict(state))
-                SD3LoraLoaderMixin.load_lora_into_transformer(converted, transformer=unet, adapter_name=name)
-            else:
-                converted, alphas = Loader.lora_state_dict(dict(state))
-                Loader.load_lora_into_unet(converted, alphas, unet=unet, adapter_name=name)
-            names.append(name), scales.append(lora.scale)
-            if text_encoder is not None and any(k.startswith("text_encoder.") for k in converted):
-                Loader.load_lora_into_text_encoder(
-                    converted, alphas, text_encoder=text_encoder, prefix="text_encoder", adapter_name=name
-                )
-                text_names.append(name), text_scales.append(lora.scale)
-        except (ValueError, KeyError, RuntimeError, TypeError) as e:
-            raise LoadError(
-                argument, f"{Path(lora.path).name} does not fit this model ({str(e).splitlines()[0]})"
-            ) from e
+        before = len(list(unet.modules()))
+        for prefix in _load(unet, text_encoders, state, name, target, lora, argument):
+            texts[prefix][0].append(name), texts[prefix][1].append(lora.scale)
         if len(list(unet.modules())) == before:
             raise LoadError(argument, f"{Path(lora.path).name} matched no layer of this model")
+        names.append(name), scales.append(lora.scale)
         notes.append(f"{argument} {Path(lora.path).name} at {lora.scale:g}")
+    _activate(unet, text_encoders, names, scales, texts, fuse)
+    return notes
+
+
+def _load(unet, text_encoders: dict, state: dict, name: str, target: LoraTarget, lora: Lora, argument: str):
+    """One LoRA into peft layers on the UNet/transformer and the text encoders it has layers for (their
+    prefixes returned)."""
+    from diffusers.loaders import SD3LoraLoaderMixin, StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+
+    try:
+        if target.dit:
+            converted = SD3LoraLoaderMixin.lora_state_dict(dict(state))
+            SD3LoraLoaderMixin.load_lora_into_transformer(converted, transformer=unet, adapter_name=name)
+            return []
+        loader = StableDiffusionXLLoraLoaderMixin if target.sdxl else StableDiffusionLoraLoaderMixin
+        converted, alphas = loader.lora_state_dict(dict(state))
+        loader.load_lora_into_unet(converted, alphas, unet=unet, adapter_name=name)
+        prefixes = [p for p in text_encoders if any(k.startswith(f"{p}.") for k in converted)]
+        for prefix in prefixes:
+            loader.load_lora_into_text_encoder(
+                converted, alphas, text_encoder=text_encoders[prefix], prefix=prefix, adapter_name=name
+            )
+        return prefixes
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
+        raise LoadError(argument, f"{Path(lora.path).name} does not fit this model ({str(e).splitlines()[0]})") from e
+
+
+def _activate(unet, text_encoders: dict, names: list, scales: list, texts: dict, fuse: bool) -> None:
+    """Set every LoRA's scale, then (`fuse`) fuse them into the weights and remove the peft layers."""
+    from diffusers.loaders.lora_base import fuse_text_encoder_lora
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers, set_weights_and_activate_adapters
+
     if names:
         unet.set_adapters(names, weights=scales)
-    if text_names:
-        set_weights_and_activate_adapters(text_encoder, text_names, text_scales)
+    for prefix, (text_names, text_scales) in texts.items():
+        if text_names:
+            set_weights_and_activate_adapters(text_encoders[prefix], text_names, text_scales)
     if not fuse:  # live peft layers (to measure what fusing saves)
-        return notes
+        return
     if names:
         unet.fuse_lora(lora_scale=1.0, adapter_names=names)
         unet.unload_lora()
-    if text_names:
-        fuse_text_encoder_lora(text_encoder, lora_scale=1.0, adapter_names=text_names)
-        from diffusers.utils.peft_utils import recurse_remove_peft_layers
-
-        recurse_remove_peft_layers(text_encoder)
-    return notes
+    for prefix, (text_names, _) in texts.items():
+        if text_names:
+            fuse_text_encoder_lora(text_encoders[prefix], lora_scale=1.0, adapter_names=text_names)
+            recurse_remove_peft_layers(text_encoders[prefix])
 
 
 # the spatial attention projections (SD 1.x attn1/attn2, the MMDiT's attn), never a motion module's

@@ -28,7 +28,7 @@ from .ip_adapter import ImageCond, ImagePrompt
 from .latents_io import LatentsFile, LatentsMeta
 from .loading import resolve_device, resolve_dtype, resolve_model_folder
 from .memory import clock
-from .request import GenerationRequest
+from .request import DEFAULT_FRAMES, GenerationRequest
 from .schedules import (
     add_noise,
     img2img_begin,
@@ -121,6 +121,7 @@ class VideoPipeline:
         self.scheduler_config = loaded.scheduler_config
         self.codec = LatentCodec(loaded.vae, spec.latent_space, spec.frames_per_latent)
         self.default_size = loaded.sample_size * self.codec.spatial  # pixels: the backbone's native latent size
+        self.default_frames = loaded.default_frames or DEFAULT_FRAMES  # as its motion module was trained
         self.load_seconds = loaded.seconds
         self.notes = loaded.notes  # what loading found out (detected motion-module version, GroupNorm mode)
         self.accelerators: dict[str, Cache] = {}  # name -> applied accelerator, reset and stepped by the loop
@@ -161,7 +162,7 @@ class VideoPipeline:
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
         """Validate a request against this model and fill in its size and seed."""
-        request = request.resolved(self.default_size, self.spec)
+        request = request.resolved(self.default_size, self.spec, self.default_frames)
         trained = self.scheduler_config.get("num_train_timesteps", 1000)
         if request.steps > trained:
             raise InvalidArgument("--steps", f"{request.steps} steps exceed this model's {trained}-step schedule")
@@ -377,10 +378,11 @@ class VideoPipeline:
             negatives = [request.negative_prompt] * n if request.cfg else None
             return self.prompt_encoder.encode_pair([request.prompt] * n, negatives, **extra)
 
-        def encode(prompt: str, travel: dict[int, str] | None, options: dict) -> Conditioning:
+        def encode(prompt: str, travel: dict[int, str] | None, options: dict, negative: bool = False) -> Conditioning:
+            call = self.prompt_encoder.negative if negative else self.prompt_encoder
             if travel is None:
-                return self.prompt_encoder([prompt] * n, **options)
-            keyed = {f: self.prompt_encoder([p] * n, **options) for f, p in travel.items()}
+                return call([prompt] * n, **options)
+            keyed = {f: call([p] * n, **options) for f, p in travel.items()}
             how, frames = request.travel.interpolation, request.frames
             embeds = interpolate({f: c.embeds for f, c in keyed.items()}, frames, how)  # (B, F, L, D)
             pooled = None
@@ -389,7 +391,7 @@ class VideoPipeline:
             return Conditioning(embeds, pooled)
 
         cond = encode(request.prompt, request.travel.prompt, extra)
-        uncond = encode(request.negative_prompt, request.travel.negative, length) if request.cfg else None
+        uncond = encode(request.negative_prompt, request.travel.negative, length, True) if request.cfg else None
         return cond, uncond
 
     def compile(self, backend: str = "inductor", mode: str | None = None) -> None:

@@ -86,7 +86,7 @@ class GenerationRequest:
 
     prompt: str
     negative_prompt: str = ""
-    prompt_2: str | None = None  # SD 3: CLIP-G's prompt (default: prompt)
+    prompt_2: str | None = None  # SD 3 and SDXL: CLIP-G's prompt (default: prompt)
     prompt_3: str | None = None  # SD 3: T5's prompt (default: prompt)
     max_sequence_length: int = 256  # SD 3: T5 tokens
     frames: int | None = None  # None: DEFAULT_FRAMES, or the frames of the latents started from
@@ -179,23 +179,28 @@ class GenerationRequest:
         if self.beta_schedule is not None:
             c.choice("--beta-schedule", self.beta_schedule, BETA_SCHEDULES, "beta schedule")
 
-    def resolved(self, default_size: int, spec: BackboneSpec) -> GenerationRequest:
-        """Validated against the model's spec, with size, seed and scheduler filled in."""
+    def resolved(
+        self, default_size: int, spec: BackboneSpec, default_frames: int = DEFAULT_FRAMES
+    ) -> GenerationRequest:
+        """Validated against the model's spec, with size, frames, seed and scheduler filled in."""
         self.validate()
-        self.travel.validate(self.frames or DEFAULT_FRAMES)
-        self.control.validate(self.frames or DEFAULT_FRAMES)
-        self.ip_adapter.validate(self.frames or DEFAULT_FRAMES)
+        frames = self.frames or default_frames
+        self.travel.validate(frames)
+        self.control.validate(frames)
+        self.ip_adapter.validate(frames)
         scheduler = self.scheduler or spec.default_scheduler
         if spec.flow != (scheduler_key(scheduler) in FLOW_SCHEDULERS):
             kind = "flow-matching (flow-euler)" if spec.flow else "diffusion"
             raise InvalidArgument(
                 "--scheduler", f"{scheduler} does not fit this {spec.name} model: it needs a {kind} scheduler"
             )
-        if not spec.extra_prompts and (self.prompt_2 is not None or self.prompt_3 is not None):
-            raise InvalidArgument("--prompt-2", "only SD 3 models have second and third text encoders")
+        for i, (flag, given) in enumerate((("--prompt-2", self.prompt_2), ("--prompt-3", self.prompt_3))):
+            if given is not None and spec.extra_prompts <= i:
+                raise InvalidArgument(flag, f"this {spec.name} model has no text encoder for it (SDXL takes "
+                                            "--prompt-2, SD 3 --prompt-2 and --prompt-3)")  # fmt: skip
         return replace(
             self,
-            frames=self.frames or DEFAULT_FRAMES,
+            frames=frames,
             steps=self.steps or DEFAULT_STEPS,
             guidance_scale=DEFAULT_GUIDANCE if self.guidance_scale is None else self.guidance_scale,
             height=self.height or default_size,

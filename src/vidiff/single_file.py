@@ -1,4 +1,4 @@
-"""Single-file Stable Diffusion 1.x checkpoints (CompVis / A1111 / Civitai layout), offline.
+"""Single-file Stable Diffusion 1.x and SDXL checkpoints (CompVis / A1111 / Civitai layout), offline.
 
 The file's keys (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`) are
 converted by diffusers' own single-file conversion; what that needs from a config is read off the weights'
@@ -6,8 +6,11 @@ shapes (channels per level, layers per level, which levels attend, input channel
 UNet, cross-attention width, latent channels, text width, depth and vocabulary). What the shapes cannot
 tell comes from Stable Diffusion 1.x's own configuration: 8 attention heads, 32 norm groups, a 64-cell
 native latent size, the VAE scaling factor 0.18215, 64-wide CLIP heads, and the scheduler SD 1.5 folders
-ship. The tokenizer is the real CLIP vocabulary that ships with vidiff. Files of other architectures
-(SD 2.x, SDXL, SD 3, ...) are named in one line.
+ship. SDXL files (`conditioner.embedders.0.transformer.*` CLIP-L and `conditioner.embedders.1.model.*`
+OpenCLIP bigG) differ in what the shapes cannot tell: 64-wide attention heads at every level, a 128-cell
+latent size, VAE scaling 0.13025, 256-wide micro-conditioning embeddings, and OpenCLIP's GELU. The
+tokenizers are the real CLIP vocabulary that ships with vidiff (SDXL's second pads with "!"). Files of
+other architectures (SD 2.x, the SDXL refiner, SD 3, ...) are named in one line.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders import single_file_utils as sf
-from transformers import CLIPTextModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from .errors import LoadError
 from .layout import clip_text_config
-from .tensor_files import read_state_dict
+from .tensor_files import read_state_dict, tensor_names
 
 UNET = "model.diffusion_model."
 VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -43,6 +46,13 @@ SD1_SCHEDULER = {  # the scheduler config SD 1.5 folders ship (as DDIM)
     "num_train_timesteps": 1000,
     "prediction_type": "epsilon",
 }
+SDXL_HEAD_DIM = 64  # SDXL attends with 64-wide heads (num_head_channels=64 in its sd_xl_base.yaml)
+SDXL_SAMPLE_SIZE = 128  # 1024 pixels
+SDXL_VAE_SCALING = 0.13025
+SDXL_TIME_EMBED = 256  # the width of each micro-conditioning number's sinusoid (adm's 256)
+SDXL_TIME_IDS = 6  # original size, crop corner, target size; the refiner's 5 trade the target for a score
+OPEN_CLIP = "conditioner.embedders.1.model."  # SDXL base's second text encoder (OpenCLIP bigG)
+REFINER_CLIP = "conditioner.embedders.0.model."  # the refiner has only OpenCLIP bigG
 NOT_SD1 = {"v2": "Stable Diffusion 2.x", "inpainting_v2": "Stable Diffusion 2.x inpainting", "xl_base": "SDXL",
            "xl_refiner": "SDXL refiner", "xl_inpaint": "SDXL inpainting", "playground-v2-5": "Playground v2.5",
            "sd3": "Stable Diffusion 3", "sd35_medium": "Stable Diffusion 3.5", "sd35_large": "Stable Diffusion 3.5",
@@ -67,12 +77,25 @@ def _levels(unet: dict[str, torch.Tensor]) -> tuple[list[int], int, list[bool]]:
     return channels, counts[0], attends
 
 
-def unet_config(checkpoint: dict[str, torch.Tensor]) -> dict:
+def _transformer_depths(unet: dict[str, torch.Tensor], levels: int) -> list[int]:
+    """Transformer blocks per attention at each level (SDXL: 1, 2, 10), from the down path's attentions."""
+    depths, level = [1] * levels, 0
+    for i in sorted({int(m.group(1)) for k in unet if (m := re.match(r"input_blocks\.(\d+)\.", k))})[1:]:
+        if f"input_blocks.{i}.0.op.weight" in unet:  # a downsampler ends a level
+            level += 1
+            continue
+        pattern = re.compile(rf"input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.")
+        blocks = {int(m.group(1)) for k in unet if (m := pattern.match(k))}
+        depths[level] = max(blocks) + 1 if blocks else depths[level]
+    return depths
+
+
+def unet_config(checkpoint: dict[str, torch.Tensor], sdxl: bool = False) -> dict:
     unet = {k.removeprefix(UNET): v for k, v in checkpoint.items() if k.startswith(UNET)}
     channels, layers, attends = _levels(unet)
     cross = next(v.shape[1] for k, v in unet.items() if k.endswith("attn2.to_k.weight"))
     proj_in = next(v for k, v in unet.items() if k.endswith("1.proj_in.weight"))
-    return {
+    config = {
         "sample_size": SD1_SAMPLE_SIZE,
         "in_channels": unet["input_blocks.0.0.weight"].shape[1],
         "out_channels": unet["out.2.weight"].shape[0],
@@ -85,9 +108,19 @@ def unet_config(checkpoint: dict[str, torch.Tensor]) -> dict:
         "norm_num_groups": SD1_GROUPS,
         "use_linear_projection": proj_in.dim() == 2,
     }
+    if not sdxl:
+        return config
+    return config | {
+        "sample_size": SDXL_SAMPLE_SIZE,
+        "attention_head_dim": [max(1, c // SDXL_HEAD_DIM) for c in channels],  # diffusers: heads per level
+        "transformer_layers_per_block": _transformer_depths(unet, len(channels)),
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": SDXL_TIME_EMBED,
+        "projection_class_embeddings_input_dim": unet["label_emb.0.0.weight"].shape[1],
+    }
 
 
-def vae_config(vae: dict[str, torch.Tensor]) -> dict:
+def vae_config(vae: dict[str, torch.Tensor], scaling: float = SD1_VAE_SCALING) -> dict:
     levels = sorted({int(m.group(1)) for k in vae if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
     blocks = {int(m.group(1)) for k in vae if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))}
     return {
@@ -100,7 +133,7 @@ def vae_config(vae: dict[str, torch.Tensor]) -> dict:
         "layers_per_block": len(blocks),
         "norm_num_groups": SD1_GROUPS,
         "sample_size": SD1_SAMPLE_SIZE * 8,
-        "scaling_factor": SD1_VAE_SCALING,
+        "scaling_factor": scaling,
     }
 
 
@@ -120,46 +153,76 @@ def _build(cls, config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype
     return torch.nn.Module.to(model, dtype=dtype).eval().requires_grad_(False)  # no fp32-module warning
 
 
-def read_checkpoint(path: Path, argument: str = "--model") -> dict[str, torch.Tensor]:
-    """The state dict of a single-file checkpoint, its architecture checked: SD 1.x or one line naming it."""
+def checkpoint_family(path: Path, argument: str = "--model") -> str:
+    """'sdxl' or 'sd1' from a single file's tensor names (a safetensors header, or a lazily mapped pickle);
+    the SDXL refiner is refused by name. Other architectures are named when the file is read."""
+    names = tensor_names(path, argument)
+    if any(k.startswith(OPEN_CLIP) for k in names):
+        return "sdxl"
+    if any(k.startswith(REFINER_CLIP) for k in names):
+        raise LoadError(argument, f"{path.name} is an SDXL refiner checkpoint; vidiff runs SDXL base models "
+                                  "(the refiner has no motion modules and no first text encoder)")  # fmt: skip
+    return "sd1"
+
+
+def read_checkpoint(path: Path, argument: str = "--model", family: str = "sd1") -> dict[str, torch.Tensor]:
+    """The state dict of a single-file checkpoint, its architecture checked: SD 1.x (or SDXL, for `family`
+    'sdxl') or one line naming it."""
     checkpoint = read_state_dict(path, argument)
     kind = sf.infer_diffusers_model_type(checkpoint)
-    if kind in NOT_SD1:
+    if family == "sd1" and kind in NOT_SD1:
         raise LoadError(argument, f"{path.name} is a {NOT_SD1[kind]} checkpoint; vidiff runs Stable Diffusion 1.x")
     if not any(k.startswith(UNET) for k in checkpoint):
         raise LoadError(argument, f"{path.name} is not a Stable Diffusion checkpoint (no {UNET}* weights)")
     return checkpoint
 
 
-def load_unet(checkpoint: dict, dtype: torch.dtype, argument: str = "--model") -> UNet2DConditionModel:
-    config = unet_config(checkpoint)
+def load_unet(checkpoint: dict, dtype: torch.dtype, argument: str = "--model", sdxl: bool = False):
+    config = unet_config(checkpoint, sdxl)
     state = sf.convert_ldm_unet_checkpoint(checkpoint, config)
     return _build(UNet2DConditionModel, config, state, dtype, "UNet", argument)
 
 
-def load_vae(checkpoint: dict, dtype: torch.dtype, argument: str = "--model") -> AutoencoderKL:
+def load_vae(
+    checkpoint: dict, dtype: torch.dtype, argument: str = "--model", scaling: float = SD1_VAE_SCALING
+) -> AutoencoderKL:
     """The VAE of a whole checkpoint (`first_stage_model.*`) or of a VAE-only file (bare `encoder.*` keys)."""
     prefix = next((p for p in VAE_PREFIXES if any(k.startswith(p) for k in checkpoint)), "")
     vae = {k.removeprefix(prefix): v for k, v in checkpoint.items() if k.startswith(prefix)}
     if "encoder.conv_in.weight" not in vae:
         raise LoadError(argument, "holds no VAE weights (no first_stage_model.encoder.* or encoder.* keys)")
-    config = vae_config(vae)
+    config = vae_config(vae, scaling)
     state = sf.convert_ldm_vae_checkpoint({f"{VAE_PREFIXES[0]}{k}": v for k, v in vae.items()}, config)
     return _build(AutoencoderKL, config, state, dtype, "VAE", argument)
 
 
-def load_text_encoder(checkpoint: dict, dtype: torch.dtype, argument: str = "--model") -> CLIPTextModel:
-    state = {k.removeprefix("text_model."): v for k, v in sf.convert_ldm_clip_checkpoint(checkpoint).items()}
-    state.pop("embeddings.position_ids", None)
-    if "embeddings.token_embedding.weight" not in state:
-        raise LoadError(argument, "holds no CLIP text encoder (no cond_stage_model.transformer.* weights)")
+def _clip(cls, state: dict, dtype: torch.dtype, argument: str, **extra):
+    """A CLIP text model from its diffusers-named state (`text_model.` prefix optional), config off the shapes."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
     embed = state["embeddings.token_embedding.weight"]  # (vocab, width)
     layers = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))}
     fc1 = state["encoder.layers.0.mlp.fc1.weight"]  # (intermediate, width)
     width = embed.shape[1]
-    config = clip_text_config(embed.shape[0], width, len(layers), max(1, width // CLIP_HEAD_DIM), fc1.shape[0])
+    config = clip_text_config(embed.shape[0], width, len(layers), max(1, width // CLIP_HEAD_DIM), fc1.shape[0], **extra)
     config.max_position_embeddings = state["embeddings.position_embedding.weight"].shape[0]
     with init_empty_weights():
-        nested = hasattr(CLIPTextModel(config), "text_model")  # transformers < 5 keeps a text_model level
-    state = {f"text_model.{k}": v for k, v in state.items()} if nested else state
-    return _build(CLIPTextModel, config, state, dtype, "text encoder", argument)
+        nested = hasattr(cls(config), "text_model")  # transformers < 5 keeps a text_model level for CLIPTextModel
+    outer = ("text_projection.",)
+    state = {(k if k.startswith(outer) or not nested else f"text_model.{k}"): v for k, v in state.items()}
+    return _build(cls, config, state, dtype, "text encoder", argument)
+
+
+def load_text_encoder(checkpoint: dict, dtype: torch.dtype, argument: str = "--model") -> CLIPTextModel:
+    state = sf.convert_ldm_clip_checkpoint(checkpoint)
+    if not any(k.endswith("embeddings.token_embedding.weight") for k in state):
+        raise LoadError(argument, "holds no CLIP text encoder (no cond_stage_model.transformer.* or "
+                                  "conditioner.embedders.0.transformer.* weights)")  # fmt: skip
+    return _clip(CLIPTextModel, state, dtype, argument)
+
+
+def load_open_clip(checkpoint: dict, dtype: torch.dtype, argument: str = "--model") -> CLIPTextModelWithProjection:
+    """SDXL's OpenCLIP bigG (`conditioner.embedders.1.model.*`) as diffusers' `text_encoder_2`."""
+    projection = checkpoint[f"{OPEN_CLIP}text_projection"]  # (width, projection)
+    state = sf.convert_open_clip_checkpoint(None, checkpoint, prefix=OPEN_CLIP)
+    return _clip(CLIPTextModelWithProjection, state, dtype, argument, projection_dim=projection.shape[1],
+                 hidden_act="gelu")  # fmt: skip

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .accel.pab import AttentionRules
-from .adapters import latte, sd3_temporal, unet_motion
+from .adapters import latte, sd3_temporal, unet_motion, unet_sdxl
 from .adapters.base import Loaded, LoadOptions
 from .errors import LoadError
 
@@ -33,7 +33,7 @@ class BackboneSpec:
     flow: bool  # flow matching (velocity, sigmas) rather than diffusion (noise, betas)
     default_scheduler: str
     attention_rules: AttentionRules  # (regex on the attention module's name, 'spatial' | 'temporal' | 'cross')
-    extra_prompts: bool = False  # `prompt_2` / `prompt_3` (SD 3's second and third text encoders)
+    extra_prompts: int = 0  # text encoders beyond the first: `prompt_2` (SDXL: 1), `prompt_3` too (SD 3: 2)
     deep_cache: bool = False  # a UNet: DeepCache can reuse its inner blocks
     fast: tuple[str, ...] = ("pab",)  # the accelerators `--fast` turns on, best measured combination first
     frames_per_latent: int = 1  # pixel frames per latent frame (a video VAE that compresses time: 4)
@@ -62,6 +62,23 @@ SPECS: dict[str, BackboneSpec] = {
             steering=True,
         ),
         BackboneSpec(
+            name="sdxl",
+            pipelines=("StableDiffusionXLPipeline", "AnimateDiffSDXLPipeline"),
+            marker="text_encoder_2",  # after sd3 (which has one too) and before sd1 (whose marker SDXL has)
+            build=unet_sdxl.build,
+            latent_space="sdxl",
+            flow=False,
+            default_scheduler="ddim",
+            attention_rules=(
+                (r"motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]$", "temporal"),
+                (r"attentions\.\d+\.transformer_blocks\.\d+\.attn1$", "spatial"),
+                (r"attentions\.\d+\.transformer_blocks\.\d+\.attn2$", "cross"),
+            ),
+            extra_prompts=1,
+            deep_cache=True,
+            fast=("pab", "deep_cache"),
+        ),
+        BackboneSpec(
             name="sd3",
             pipelines=("StableDiffusion3Pipeline",),
             marker="transformer",
@@ -73,7 +90,7 @@ SPECS: dict[str, BackboneSpec] = {
                 (r"^temporal\.layers\.\d+$", "temporal"),
                 (r"transformer_blocks\.\d+\.attn2?$", "spatial"),
             ),
-            extra_prompts=True,
+            extra_prompts=2,
         ),
         BackboneSpec(
             name="latte",
@@ -92,18 +109,21 @@ SPECS: dict[str, BackboneSpec] = {
         ),
     )
 }
-UNSUPPORTED = {"StableDiffusionXLPipeline": "SDXL", "FluxPipeline": "Flux"}
+MARKER_ORDER = [SPECS[n] for n in ("sd3", "sdxl", "sd1")]  # the most specific sub-folder first
+UNSUPPORTED = {"StableDiffusionXLImg2ImgPipeline": "SDXL refiner", "FluxPipeline": "Flux"}
 
 
 def detect(folder: Path) -> BackboneSpec:
     """The spec of a model folder: by its model_index.json's pipeline class, else by its marker sub-folder,
     else Stable Diffusion 1.x (whose build says what is missing)."""
-    if folder.is_file():  # a single-file checkpoint: Stable Diffusion 1.x (its reader names anything else)
-        return SPECS["sd1"]
+    if folder.is_file():  # a single-file checkpoint: SD 1.x or SDXL by its tensor names (its reader names others)
+        from .single_file import checkpoint_family
+
+        return SPECS[checkpoint_family(folder)]
     index = folder / "model_index.json"
     name = json.loads(index.read_text()).get("_class_name", "") if index.is_file() else ""
     if name in UNSUPPORTED:
         raise LoadError("--model", f"{folder} is a {UNSUPPORTED[name]} model, which vidiff does not support yet")
     by_class = [s for s in SPECS.values() if name in s.pipelines]
-    by_marker = [s for s in SPECS.values() if s.marker and (folder / s.marker).is_dir()]
+    by_marker = [s for s in MARKER_ORDER if (folder / s.marker).is_dir()]
     return (by_class or by_marker or [SPECS["sd1"]])[0]

@@ -50,3 +50,23 @@ def read_state_dict(path: str | Path, argument: str) -> dict[str, torch.Tensor]:
     if not isinstance(data, dict):
         raise LoadError(argument, f"{path} holds a {type(data).__name__}, not a state dict")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def tensor_names(path: str | Path, argument: str) -> list[str]:
+    """The tensor names of a checkpoint without reading its tensors where the format allows (a safetensors
+    header; a zip pickle mapped lazily), else by reading it tensor-only."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, "pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise LoadError(argument, f"{path} is not a readable safetensors file ({e})") from e
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, OSError, EOFError):  # not a zip pickle: read it (and say why)
+        data = read_tensors(path, argument)
+    data = data.get("state_dict", data) if isinstance(data, dict) else data
+    return list(data) if isinstance(data, dict) else []

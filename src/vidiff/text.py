@@ -18,7 +18,11 @@ class PromptEncoder:
     def encode_pair(self, prompts: list[str], negatives: list[str] | None, prompts_2=None, prompts_3=None, **options):
         """The negative prompt goes to every encoder (diffusers' default for negative_prompt_2 and _3)."""
         cond = self(prompts, prompts_2=prompts_2, prompts_3=prompts_3, **options)
-        return cond, self(negatives, **options) if negatives is not None else None
+        return cond, self.negative(negatives, **options) if negatives is not None else None
+
+    def negative(self, prompts: list[str], **options) -> Conditioning:
+        """The negative side of guidance (encoded as any prompt unless a model says otherwise)."""
+        return self(prompts, **options)
 
     @property
     def modules(self) -> list[torch.nn.Module]:
@@ -99,6 +103,45 @@ class SD3PromptEncoder(PromptEncoder):
     @property
     def modules(self) -> list[torch.nn.Module]:
         return [e for e in self.encoders if e is not None]
+
+
+class SDXLPromptEncoder(PromptEncoder):
+    """SDXL's two CLIP encoders, as diffusers' StableDiffusionXLPipeline.encode_prompt: both penultimate hidden
+    states side by side, pooled = the second's projection; an empty negative prompt is zeros on both
+    (`force_zeros_for_empty_prompt`, which SDXL base sets)."""
+
+    def __init__(self, tokenizers: list, encoders: list, zeros_for_empty: bool = True) -> None:
+        self.tokenizers = tokenizers  # [clip-l, openclip-bigG (pads with "!")]
+        self.encoders = encoders
+        self.zeros_for_empty = zeros_for_empty
+
+    def _clip(self, i: int, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        tokenizer, encoder = self.tokenizers[i], self.encoders[i]
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
+        return out.hidden_states[-2], out[0]  # (B, 77, D), (B, P) from the encoder with a projection
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], prompts_2: list[str] | None = None, **_unused) -> Conditioning:
+        first, _ = self._clip(0, prompts)  # (B, 77, D_l)
+        second, pooled = self._clip(1, prompts_2 or prompts)  # (B, 77, D_g), (B, P)
+        dtype = self.encoders[1].dtype
+        return Conditioning(embeds=torch.cat([first, second], dim=-1).to(dtype), pooled=pooled.to(dtype))
+
+    def negative(self, prompts: list[str], **options) -> Conditioning:
+        if not (self.zeros_for_empty and all(p == "" for p in prompts)):
+            return self(prompts, **options)
+        widths = sum(e.config.hidden_size for e in self.encoders)
+        e = self.encoders[1]
+        embeds = torch.zeros(len(prompts), self.tokenizers[0].model_max_length, widths, dtype=e.dtype, device=e.device)
+        pooled = torch.zeros(len(prompts), e.config.projection_dim, dtype=e.dtype, device=e.device)
+        return Conditioning(embeds=embeds, pooled=pooled)  # (B, 77, D_l + D_g), (B, P)
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        return list(self.encoders)
 
 
 class T5PromptEncoder(PromptEncoder):

@@ -257,3 +257,68 @@ def save_tiny_latte(folder: str | Path, seed: int = 0, video_length: int = 16) -
     sd1_scheduler().save_pretrained(folder / "scheduler")
     write_model_index(folder, "LattePipeline")
     return folder
+
+
+SDXL_TEXT_WIDTHS = (32, 64)  # CLIP-L and OpenCLIP bigG stand-ins; the UNet attends to both side by side
+SDXL_POOLED = 48  # bigG's projection (1280 in SDXL)
+SDXL_SCHEDULER = {  # scheduler/scheduler_config.json as SDXL base 1.0 ships it (Euler, with DDIM's keys too)
+    "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "interpolation_type": "linear",
+    "num_train_timesteps": 1000, "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "timestep_spacing": "leading", "trained_betas": None,
+    "use_karras_sigmas": False,
+}  # fmt: skip
+
+
+def tiny_sdxl_unet(sample_size: int = 8) -> UNet2DConditionModel:
+    """SDXL's UNet shape at tiny width: three levels (the first without attention), transformer depths that
+    differ per level, 64-wide heads, 32 norm groups and SDXL's 256-wide micro-conditioning embeddings, so a
+    single file's shapes say all the rest."""
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64, 128), layers_per_block=2, sample_size=sample_size,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2), attention_head_dim=(1, 1, 2), norm_num_groups=32,
+        cross_attention_dim=sum(SDXL_TEXT_WIDTHS), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=256, projection_class_embeddings_input_dim=SDXL_POOLED + 6 * 256,
+    )  # fmt: skip
+
+
+def tiny_sdxl_motion_adapter(max_frames: int = 32) -> MotionAdapter:
+    """An AnimateDiff-SDXL-shaped motion module for `tiny_sdxl_unet` (no mid block; Hotshot-XL: 24 frames)."""
+    return MotionAdapter(
+        block_out_channels=(32, 64, 128), motion_layers_per_block=2, motion_num_attention_heads=8,
+        motion_norm_num_groups=32, motion_max_seq_length=max_frames, use_motion_mid_block=False,
+    )  # fmt: skip
+
+
+def save_tiny_sdxl(folder: str | Path, seed: int = 0, motion_adapter: bool = False) -> Path:
+    """Write a tiny SDXL diffusers folder (two CLIP encoders on the real CLIP vocabulary, the second with a
+    projection and "!" padding; 32-group VAE scaled 0.13025); optionally an SDXL motion_adapter/."""
+    from transformers import CLIPTextModelWithProjection
+
+    from .loading import CLIP_TOKENIZER
+
+    folder = Path(folder)
+    torch.manual_seed(seed)
+    tiny_sdxl_unet().save_pretrained(folder / "unet")
+    for name, pad in (("tokenizer", None), ("tokenizer_2", "!")):
+        CLIPTokenizer.from_pretrained(CLIP_TOKENIZER, **({"pad_token": pad} if pad else {})).save_pretrained(
+            folder / name
+        )
+    (first, second), vocab = SDXL_TEXT_WIDTHS, 49408
+    CLIPTextModel(clip_text_config(vocab, first, 2, 1, 37)).save_pretrained(folder / "text_encoder")
+    config = clip_text_config(vocab, second, 2, 1, 128, projection_dim=SDXL_POOLED, hidden_act="gelu")
+    CLIPTextModelWithProjection(config).save_pretrained(folder / "text_encoder_2")
+    AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=32, scaling_factor=0.13025,
+        sample_size=64,
+    ).save_pretrained(folder / "vae")  # fmt: skip
+    (folder / "scheduler").mkdir(parents=True, exist_ok=True)
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(SDXL_SCHEDULER))
+    if motion_adapter:
+        tiny_sdxl_motion_adapter().save_pretrained(folder / "motion_adapter")
+    extra = MOTION_ADAPTER if motion_adapter else {}
+    write_model_index(folder, "StableDiffusionXLPipeline", force_zeros_for_empty_prompt=True, **extra)
+    return folder

@@ -65,6 +65,7 @@ class Loaded:
     sample_size: int  # the backbone's native latent size
     seconds: float  # wall time spent loading
     notes: list[str] = field(default_factory=list)  # what loading found out, for the user (detected versions)
+    default_frames: int | None = None  # the frames its motion module was trained on; None: vidiff's default
 
 
 def per_frame(t: Tensor, batch: int, frames: int) -> Tensor:

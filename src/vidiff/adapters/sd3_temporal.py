@@ -108,7 +108,7 @@ def build(folder: Path, options: LoadOptions) -> Loaded:
     config = dict(load_part(FlowMatchEulerDiscreteScheduler.load_config, folder / "scheduler"))
     for module in (*[e for e in encoders if e is not None], transformer, vae):
         module.to(options.device).eval().requires_grad_(False)
-    notes = apply_loras(transformer, None, list(options.loras), "--lora", fuse=settings.fuse_loras, target=SD3_TARGET)
+    notes = apply_loras(transformer, {}, list(options.loras), "--lora", fuse=settings.fuse_loras, target=SD3_TARGET)
     temporal = SD3TemporalLayers.load(settings.motion_module) if settings.motion_module else None
     if temporal is not None and not settings.frame_by_frame:
         denoiser: VideoDenoiser = SD3Denoiser(transformer, temporal)

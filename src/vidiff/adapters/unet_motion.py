@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -23,13 +24,13 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from ..controlnets import residuals
 from ..errors import LoadError
 from ..loading import CLIP_TOKENIZER, load_part, require_parts
-from ..lora import apply_loras
+from ..lora import SD1_TARGET, LoraTarget, apply_loras
 from ..motion.animatediff_format import MotionModule, folder_version, load_motion_module
 from ..motion.groupnorm import resolve_mode, set_groupnorm
 from ..motion.original_lora import merge_original_lora
 from ..motion.scale import scale_residual
 from ..tensor_files import read_state_dict
-from ..text import ClipPromptEncoder
+from ..text import ClipPromptEncoder, PromptEncoder
 from .base import Conditioning, FuseFrames, Loaded, LoadOptions, VideoDenoiser, per_frame
 from .image_sequential import ImageSequentialDenoiser
 
@@ -144,11 +145,17 @@ class UNetFramesDenoiser(VideoDenoiser):
         b, c, f, h, w = latents.shape
         frames = latents.transpose(1, 2).reshape(b * f, c, h, w)  # (B*F, C, h, w)
         steps = per_frame(t, b, f)  # (B*F,)
-        out = self.unet(frames, steps, **unet_inputs(latents, steps, cond)).sample  # (B*F, C, h, w)
+        out = self.unet(frames, steps, **self.unet_kwargs(latents, steps, cond)).sample  # (B*F, C, h, w)
         return out.reshape(b, f, c, h, w).transpose(1, 2)  # (B, C, F, h, w)
 
+    def unet_kwargs(self, latents: Tensor, steps: Tensor, cond: Conditioning) -> dict:
+        """The image UNet's conditioning for all frames of latents (B, C, F, h, w) in one batch."""
+        return unet_inputs(latents, steps, cond)
 
-def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.Module | None) -> nn.Module:
+
+def _unet(
+    folder: Path, options: LoadOptions, family: UNetFamily, notes: list[str], image_unet: nn.Module | None
+) -> tuple[nn.Module, MotionModule | None]:
     """The UNet with its motion modules merged in and its GroupNorms as the module was trained (`groupnorm`),
     or the image UNet alone in sequential mode. `image_unet`: already loaded (from a single file)."""
     dtype, settings = options.dtype, options.settings
@@ -163,9 +170,13 @@ def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.M
             raise LoadError(
                 "--mode", f"{folder}'s UNet has motion modules built in; sequential mode needs an image UNet"
             )
-        return image_unet or load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+        image = image_unet or load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
+        return image, None
     module = load_motion_module(motion_module, dtype) if motion_module is not None else None
     if module is not None:
+        if module.family not in (None, family.motion):
+            raise LoadError("--motion-module", f"{Path(motion_module).name} is {FAMILY_NAMES[module.family]} "
+                            f"motion module ({module.describe()}); this model is {family.name}")  # fmt: skip
         unet_config = image_unet.config if image_unet else json.loads((folder / "unet" / "config.json").read_text())
         check_fits(module, dict(unet_config), motion_module)
     if unet_class == "UNetMotionModel":  # saved by AnimateDiffPipeline: motion modules already inside
@@ -175,16 +186,17 @@ def _unet(folder: Path, options: LoadOptions, notes: list[str], image_unet: nn.M
         else:
             unet.load_motion_modules(module.adapter)
     elif module is None:
-        raise LoadError("--motion-module", f"{folder} has no motion module; pass an AnimateDiff motion module")
+        raise LoadError("--motion-module", f"{folder} has no motion module; pass {family.example}")
     else:
         unet2d = image_unet or load_part(UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype)
         if module.domain_adapter:  # v3's spatial LoRA, as the original code applies it (scale 1.0)
             merge_original_lora(unet2d, module.domain_adapter, 1.0, "--motion-module")
         unet = merge_motion_unet(unet2d, module.adapter)
+    module.version = family.version(module.version)
     mode = resolve_mode(settings.groupnorm, module.version, module.groupnorm)
     set_groupnorm(unet, mode, module.version)
     notes.append(f"motion module: {module.describe()}; GroupNorm as in {mode}")
-    return unet
+    return unet, module
 
 
 def check_fits(module: MotionModule, unet_config: dict, path: str) -> None:
@@ -200,59 +212,103 @@ def check_fits(module: MotionModule, unet_config: dict, path: str) -> None:
                         f"layers per block; this model's UNet has {want} and {want_layers}")  # fmt: skip
 
 
-def _replacement_vae(path: str, dtype: torch.dtype) -> AutoencoderKL:
-    """`--vae`: a diffusers VAE folder, or a single file in the original layout (e.g. vae-ft-mse-840000)."""
-    from .. import single_file
+@dataclass
+class Parts:
+    """What a UNet family's folder or single file gives besides the UNet: text side, VAE, scheduler."""
 
+    prompt_encoder: PromptEncoder
+    text_encoders: dict[str, nn.Module]  # by diffusers prefix (`text_encoder`, `text_encoder_2`), for LoRAs
+    vae: AutoencoderKL | None  # None when `--vae` replaces it
+    scheduler_config: dict
+    image_unet: UNet2DConditionModel | None = None  # from a single file; None: the folder's unet/
+
+
+@dataclass(frozen=True)
+class UNetFamily:
+    """What differs between UNet families (SD 1.x, SDXL) around the shared UNet + motion-module assembly."""
+
+    name: str  # for messages: "Stable Diffusion 1.x"
+    motion: str  # the motion modules it takes (MotionModule.family)
+    example: str  # a motion module to suggest
+    lora: LoraTarget
+    read_vae: Callable[[dict, torch.dtype, str], AutoencoderKL]  # a single-file VAE (`--vae FILE`)
+    version: Callable[[str], str] = str  # a module's version as merged into this family (SDXL: 'sdxl')
+    motion_denoiser: type[UNetMotionDenoiser] = UNetMotionDenoiser
+    frames_denoiser: type[UNetFramesDenoiser] = UNetFramesDenoiser
+
+
+FAMILY_NAMES = {"sd1": "an SD 1.x", "sdxl": "an SDXL"}  # MotionModule.family
+TRAINED_AT = {"hotshot": (64, 8)}  # latent size, frames: Hotshot-XL was trained on 8 frames at 512 pixels
+
+
+def _replacement_vae(path: str, family: UNetFamily, dtype: torch.dtype) -> AutoencoderKL:
+    """`--vae`: a diffusers VAE folder, or a single file in the original layout (e.g. vae-ft-mse-840000)."""
     if Path(path).is_dir():
         return load_part(AutoencoderKL.from_pretrained, Path(path), torch_dtype=dtype)
-    return single_file.load_vae(read_state_dict(path, "--vae"), dtype, "--vae")
+    return family.read_vae(read_state_dict(path, "--vae"), dtype, "--vae")
+
+
+def assemble(
+    source: Path, options: LoadOptions, family: UNetFamily, parts: Parts, notes: list[str], start: float
+) -> Loaded:
+    """The shared half of a UNet family's build (`start`: when it began): VAE, UNet with its motion module,
+    LoRAs, denoiser."""
+    dtype, device, settings = options.dtype, options.device, options.settings
+    vae = parts.vae
+    if settings.vae is not None:
+        vae = _replacement_vae(settings.vae, family, dtype)
+        notes.append(f"VAE from {settings.vae}")
+    unet, module = _unet(source, options, family, notes, parts.image_unet)
+    if options.loras:
+        notes += apply_loras(unet, parts.text_encoders, list(options.loras), "--lora", fuse=settings.fuse_loras,
+                             target=family.lora)  # fmt: skip
+    if options.motion_loras:  # never in sequential mode (LoadSettings refuses it)
+        notes += apply_loras(unet, {}, list(options.motion_loras), "--motion-lora", motion_only=True)
+    for part in (*parts.text_encoders.values(), vae, unet):
+        part.to(device).eval().requires_grad_(False)
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        unet.to(memory_format=torch.channels_last)  # bf16 convolutions on CPU: 4-5% faster per step
+    if not settings.frame_by_frame:
+        denoiser: VideoDenoiser = family.motion_denoiser(unet)
+    else:
+        denoiser = ImageSequentialDenoiser(family.frames_denoiser(unet), settings.frame_noise, settings.frame_batch)
+    size, frames = TRAINED_AT.get(module.version if module else "", (unet.config.sample_size, None))
+    return Loaded(parts.prompt_encoder, denoiser, vae, parts.scheduler_config, size, time.perf_counter() - start,
+                  notes, frames)  # fmt: skip
+
+
+def _sd1_parts(source: Path, options: LoadOptions, notes: list[str]) -> Parts:
+    """SD 1.x's CLIP, VAE and scheduler from a folder, or everything (UNet too) from one file."""
+    from .. import single_file
+
+    dtype, keep_vae = options.dtype, options.settings.vae is None
+    if source.is_file():  # CompVis / A1111 / Civitai layout: everything in one file
+        checkpoint = single_file.read_checkpoint(source)
+        text_encoder = single_file.load_text_encoder(checkpoint, dtype)
+        vae = single_file.load_vae(checkpoint, dtype) if keep_vae else None
+        image_unet = single_file.load_unet(checkpoint, dtype)
+        notes.append(f"single-file checkpoint: UNet {tuple(image_unet.config.block_out_channels)}, "
+                     f"{image_unet.config.in_channels} input channels")  # fmt: skip
+        encoder = ClipPromptEncoder(CLIPTokenizer.from_pretrained(CLIP_TOKENIZER), text_encoder)
+        return Parts(encoder, {"text_encoder": text_encoder}, vae, dict(single_file.SD1_SCHEDULER), image_unet)
+    require_parts(source, PARTS, "Stable Diffusion")
+    tokenizer = load_part(CLIPTokenizer.from_pretrained, source / "tokenizer")
+    text_encoder = load_part(CLIPTextModel.from_pretrained, source / "text_encoder", dtype=dtype)
+    vae = load_part(AutoencoderKL.from_pretrained, source / "vae", torch_dtype=dtype) if keep_vae else None
+    scheduler_config = dict(load_part(DDIMScheduler.load_config, source / "scheduler"))
+    return Parts(ClipPromptEncoder(tokenizer, text_encoder), {"text_encoder": text_encoder}, vae, scheduler_config)
+
+
+def _read_sd1_vae(state: dict, dtype: torch.dtype, argument: str) -> AutoencoderKL:
+    from .. import single_file
+
+    return single_file.load_vae(state, dtype, argument)
+
+
+SD1 = UNetFamily("Stable Diffusion 1.x", "sd1", "an AnimateDiff motion module", SD1_TARGET, _read_sd1_vae)
 
 
 def build(source: Path, options: LoadOptions) -> Loaded:
     """A Stable Diffusion 1.x folder or single-file checkpoint as a video backbone (the `sd1` spec)."""
-    from .. import single_file
-
-    start = time.perf_counter()
-    dtype, device, settings = options.dtype, options.device, options.settings
-    notes: list[str] = []
-    if source.is_file():  # CompVis / A1111 / Civitai layout: everything in one file
-        checkpoint = single_file.read_checkpoint(source)
-        tokenizer = CLIPTokenizer.from_pretrained(CLIP_TOKENIZER)
-        text_encoder = single_file.load_text_encoder(checkpoint, dtype)
-        vae = single_file.load_vae(checkpoint, dtype) if settings.vae is None else None
-        image_unet = single_file.load_unet(checkpoint, dtype)
-        scheduler_config = dict(single_file.SD1_SCHEDULER)
-        del checkpoint
-        notes.append(f"single-file checkpoint: UNet {tuple(image_unet.config.block_out_channels)}, "
-                     f"{image_unet.config.in_channels} input channels")  # fmt: skip
-    else:
-        require_parts(source, PARTS, "Stable Diffusion")
-        tokenizer = load_part(CLIPTokenizer.from_pretrained, source / "tokenizer")
-        text_encoder = load_part(CLIPTextModel.from_pretrained, source / "text_encoder", dtype=dtype)
-        vae = (
-            load_part(AutoencoderKL.from_pretrained, source / "vae", torch_dtype=dtype)
-            if settings.vae is None
-            else None
-        )
-        scheduler_config = dict(load_part(DDIMScheduler.load_config, source / "scheduler"))
-        image_unet = None
-    if settings.vae is not None:
-        vae = _replacement_vae(settings.vae, dtype)
-        notes.append(f"VAE from {settings.vae}")
-    unet = _unet(source, options, notes, image_unet)
-    if options.loras:
-        notes += apply_loras(unet, text_encoder, list(options.loras), "--lora", fuse=settings.fuse_loras)
-    if options.motion_loras:  # never in sequential mode (LoadSettings refuses it)
-        notes += apply_loras(unet, None, list(options.motion_loras), "--motion-lora", motion_only=True)
-    for module in (text_encoder, vae, unet):
-        module.to(device).eval().requires_grad_(False)
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        unet.to(memory_format=torch.channels_last)  # bf16 convolutions on CPU: 4-5% faster per step
-    if not settings.frame_by_frame:
-        denoiser: VideoDenoiser = UNetMotionDenoiser(unet)
-    else:
-        denoiser = ImageSequentialDenoiser(UNetFramesDenoiser(unet), settings.frame_noise, settings.frame_batch)
-    encoder = ClipPromptEncoder(tokenizer, text_encoder)
-    seconds = time.perf_counter() - start
-    return Loaded(encoder, denoiser, vae, scheduler_config, unet.config.sample_size, seconds, notes)
+    start, notes = time.perf_counter(), []
+    return assemble(source, options, SD1, _sd1_parts(source, options, notes), notes, start)

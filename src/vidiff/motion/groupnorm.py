@@ -9,6 +9,11 @@ Two places differ between guoyww/AnimateDiff's `UNet3DConditionModel` and diffus
 (c) the motion modules' norm has 32 groups in the original (`TemporalTransformer3DModel`'s fixed default);
     diffusers' `UNetMotionModel` gives it the image UNet's `norm_num_groups` (the same 32 for SD 1.5).
 
+For SDXL the two releases differ from each other. AnimateDiff-SDXL's code (guoyww/AnimateDiff, `sdxl`
+branch) normalises its motion modules over all frames and its ResNets per frame: as diffusers does, so
+(a)-(c) do not apply to it. Hotshot-XL's code normalises its temporal layers per frame as in (a) and its
+ResNets and `conv_norm_out` over all frames of a video as in (b) (`ResnetBlock3D` norms the 5-D tensor).
+
 `original` mode (the default for released modules) swaps those norms for the original's behaviour in place;
 parameters and state dicts are untouched, and `diffusers` mode swaps them back. A module trained by
 diffusers' code (vidiff's own trainer, the shipped demo adapter) records `diffusers` in its config.
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 MOTION_GROUPS = 32  # the original TemporalTransformer3DModel's norm_num_groups
 CONFIG_KEY = "vidiff_groupnorm"  # in a MotionAdapter folder's config.json: the mode it was trained with
 HOOK = "_vidiff_frames_hook"
+PER_VIDEO_RESNETS = ("v1", "hotshot")  # versions whose original code normalises ResNets over all frames
 
 
 class PerFrameGroupNorm(nn.GroupNorm):
@@ -64,10 +70,11 @@ def resolve_mode(mode: str, version: str, recorded: str | None) -> str:
 
 def set_groupnorm(unet: nn.Module, mode: str, version: str) -> None:
     """Make a UNetMotionModel's norms behave as in `mode` ('original' or 'diffusers') for a `version` module."""
+    per_frame = mode == "original" and version != "sdxl"
     for norm in _motion_norms(unet):
-        norm.__class__ = PerFrameGroupNorm if mode == "original" else nn.GroupNorm
-        norm.num_groups = MOTION_GROUPS if mode == "original" else unet.config.norm_num_groups
-    per_video = mode == "original" and version == "v1"
+        norm.__class__ = PerFrameGroupNorm if per_frame else nn.GroupNorm
+        norm.num_groups = MOTION_GROUPS if per_frame else unet.config.norm_num_groups
+    per_video = mode == "original" and version in PER_VIDEO_RESNETS
     for norm in _resnet_norms(unet):
         norm.__class__ = PerVideoGroupNorm if per_video else nn.GroupNorm
     handle = getattr(unet, HOOK, None)
