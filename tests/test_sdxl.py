@@ -250,3 +250,55 @@ def test_motion_modules_for_the_other_family_are_refused(sdxl, sd1_folder, adapt
     with pytest.raises(LoadError, match=message) as err:
         VideoPipeline.from_pretrained(str(paths.get(model)), str(paths.get(module, sdxl / module)), dtype="float32")
     assert err.value.argument == "--motion-module"
+
+
+def kohya_sdxl_lora(path, seed: int = 0) -> None:
+    """A kohya / A1111 SDXL LoRA: SGM block names for the UNet, `lora_te1_` / `lora_te2_` for the encoders."""
+    torch.manual_seed(seed)
+    layers = {  # name -> (in, out) (tiny SDXL: down_blocks.1 is input_blocks.4, 64 wide; text 32 + 64 wide)
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q": (64, 64),
+        "lora_unet_output_blocks_0_1_transformer_blocks_1_attn2_to_v": (96, 128),
+        "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": (32, 32),
+        "lora_te1_text_model_encoder_layers_0_self_attn_out_proj": (32, 32),  # kohya trains q, k, v and out
+        "lora_te2_text_model_encoder_layers_1_mlp_fc1": (64, 128),
+    }
+    state = {}
+    for name, (width, out) in layers.items():
+        state[f"{name}.lora_down.weight"] = 0.1 * torch.randn(4, width)
+        state[f"{name}.lora_up.weight"] = 0.1 * torch.randn(out, 4)
+        state[f"{name}.alpha"] = torch.tensor(2.0)
+    save_file(state, path)
+
+
+def test_kohya_sdxl_lora_matches_diffusers(sdxl):
+    from diffusers import StableDiffusionXLPipeline
+
+    kohya_sdxl_lora(sdxl / "sdxl_lora.safetensors")
+    ours = VideoPipeline.from_pretrained(str(sdxl / "model"), str(sdxl / "mm_folder"), dtype="float32",
+                                         loras=(f"{sdxl / 'sdxl_lora.safetensors'}:0.7",))  # fmt: skip
+    ref = StableDiffusionXLPipeline.from_pretrained(sdxl / "model")
+    ref.load_lora_weights(str(sdxl / "sdxl_lora.safetensors"))
+    ref.fuse_lora(lora_scale=0.7)
+    ref.unload_lora_weights()  # the fused weights stay
+    plain = UNet2DConditionModel.from_pretrained(sdxl / "model" / "unet").state_dict()
+    got, want = ours.denoiser.module.state_dict(), ref.unet.state_dict()
+    changed = [k for k in plain if not k.endswith("lora_A.weight") and not torch.equal(plain[k], want[k])]
+    assert len(changed) == 2  # both UNet layers moved
+    for key in plain:
+        assert torch.allclose(got[key], want[key], atol=1e-6), key
+    for mine, theirs in zip(ours.prompt_encoder.encoders, (ref.text_encoder, ref.text_encoder_2), strict=True):
+        want = {k: v for k, v in theirs.state_dict().items() if "lora" not in k}
+        for key, value in mine.state_dict().items():
+            assert torch.allclose(value, want[key], atol=1e-6), key
+
+
+def test_loras_for_the_other_family_are_refused(sdxl, sd1_folder, adapter_folder):
+    kohya_sdxl_lora(sdxl / "sdxl_lora.safetensors")
+    sd1_lora = sdxl / "sd1_lora.safetensors"
+    save_file({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 32)}, sd1_lora)
+    cases = [(sd1_folder, adapter_folder, sdxl / "sdxl_lora.safetensors", "for SDXL"),
+             (sdxl / "model", sdxl / "mm_folder", sd1_lora, "for Stable Diffusion 1.x")]  # fmt: skip
+    for model, module, lora, what in cases:
+        with pytest.raises(LoadError, match=f"is a LoRA {what}; this model is") as err:
+            VideoPipeline.from_pretrained(str(model), str(module), dtype="float32", loras=(str(lora),))
+        assert err.value.argument == "--lora"

@@ -119,7 +119,8 @@ def _load(unet, text_encoders: dict, state: dict, name: str, target: LoraTarget,
             SD3LoraLoaderMixin.load_lora_into_transformer(converted, transformer=unet, adapter_name=name)
             return []
         loader = StableDiffusionXLLoraLoaderMixin if target.sdxl else StableDiffusionLoraLoaderMixin
-        converted, alphas = loader.lora_state_dict(dict(state))
+        extra = {"unet_config": unet.config} if target.sdxl else {}  # kohya's SGM block names need its layout
+        converted, alphas = loader.lora_state_dict(dict(state), **extra)
         loader.load_lora_into_unet(converted, alphas, unet=unet, adapter_name=name)
         prefixes = [p for p in text_encoders if any(k.startswith(f"{p}.") for k in converted)]
         for prefix in prefixes:
