@@ -1,4 +1,5 @@
-"""Benchmark: vidiff vs diffusers' AnimateDiffPipeline on the same weights, alternating in one process.
+"""Benchmark: vidiff vs diffusers' AnimateDiffPipeline (AnimateDiffSDXLPipeline for SDXL) on the same weights,
+alternating in one process.
 
 Rows: diffusers in its default dtype (float32), vidiff in that same dtype, vidiff's default dtype (`auto`:
 bfloat16 on CPUs with native bf16), and that with `--fast` (PAB + DeepCache on UNets). Optional rows:
@@ -67,6 +68,51 @@ def sd15_folder(folder: Path) -> Path:
     return folder
 
 
+def sdxl_folder(folder: Path) -> Path:
+    """SDXL-shaped components with random weights (SDXL base 1.0's UNet, CLIP-L and OpenCLIP bigG encoders and
+    VAE configs; the AnimateDiff-SDXL beta motion adapter), saved in bfloat16 (half the disk; loading in float32
+    upcasts exactly)."""
+    import json
+
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from .layout import MOTION_ADAPTER, clip_text_config, write_model_index
+    from .tiny import SDXL_SCHEDULER, byte_level_clip_tokenizer
+
+    if (folder / "model_index.json").is_file():
+        return folder
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".bench-"))
+    torch.manual_seed(0)
+    UNet2DConditionModel(
+        sample_size=128, cross_attention_dim=2048, transformer_layers_per_block=(1, 2, 10),
+        block_out_channels=(320, 640, 1280), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
+        addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    ).to(torch.bfloat16).save_pretrained(tmp / "unet")  # fmt: skip
+    MotionAdapter(
+        block_out_channels=(320, 640, 1280), motion_layers_per_block=2, motion_max_seq_length=32,
+        use_motion_mid_block=False,
+    ).to(torch.bfloat16).save_pretrained(tmp / "motion_adapter")  # fmt: skip
+    AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=1024, scaling_factor=0.13025,
+    ).to(torch.bfloat16).save_pretrained(tmp / "vae")  # fmt: skip
+    vocab = len(byte_level_clip_tokenizer(tmp / "tokenizer"))
+    byte_level_clip_tokenizer(tmp / "tokenizer_2")
+    config = json.loads((tmp / "tokenizer_2" / "tokenizer_config.json").read_text()) | {"pad_token": "!"}
+    (tmp / "tokenizer_2" / "tokenizer_config.json").write_text(json.dumps(config))
+    CLIPTextModel(clip_text_config(vocab, 768, 12, 12, 3072)).to(torch.bfloat16).save_pretrained(tmp / "text_encoder")
+    big_g = clip_text_config(vocab, 1280, 32, 20, 5120, projection_dim=1280, hidden_act="gelu")
+    CLIPTextModelWithProjection(big_g).to(torch.bfloat16).save_pretrained(tmp / "text_encoder_2")
+    (tmp / "scheduler").mkdir()
+    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps(SDXL_SCHEDULER))
+    write_model_index(tmp, "StableDiffusionXLPipeline", force_zeros_for_empty_prompt=True, **MOTION_ADAPTER)
+    tmp.rename(folder)
+    return folder
+
+
 def model_folder(size: str, cache: str | None) -> Path:
     from .loading import DEMO_FOLDER, _cache_dir
     from .tiny import save_tiny_sd1
@@ -77,6 +123,8 @@ def model_folder(size: str, cache: str | None) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     if size == "sd15":
         return sd15_folder(folder)
+    if size == "sdxl":
+        return sdxl_folder(folder)
     if not (folder / "model_index.json").is_file():
         save_tiny_sd1(folder, motion_adapter=True)
     return folder
@@ -149,18 +197,23 @@ def vidiff_row(
 
 
 def diffusers_row(folder: str, motion: str | None, dtype: str, a) -> Row:
-    from diffusers import AnimateDiffPipeline, DDIMScheduler
+    """diffusers' AnimateDiffPipeline, or AnimateDiffSDXLPipeline for an SDXL folder, as users load them."""
+    from diffusers import AnimateDiffPipeline, AnimateDiffSDXLPipeline, DDIMScheduler
 
     from .loading import resolve_device, resolve_dtype
     from .motion.animatediff_format import load_motion_adapter
+    from .specs import detect
 
     device = resolve_device(a.device)
     torch_dtype = resolve_dtype(dtype, device)
     adapter = load_motion_adapter(motion or str(Path(folder) / "motion_adapter"), torch_dtype)
-    pipe = AnimateDiffPipeline.from_pretrained(folder, motion_adapter=adapter, dtype=torch_dtype).to(device)
+    cls = AnimateDiffSDXLPipeline if detect(Path(folder)).name == "sdxl" else AnimateDiffPipeline
+    pipe = cls.from_pretrained(folder, motion_adapter=adapter, dtype=torch_dtype).to(device)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    weights = weight_bytes(pipe.unet, pipe.vae, pipe.text_encoder)
+    weights = weight_bytes(
+        pipe.unet, pipe.vae, pipe.text_encoder, *filter(None, [getattr(pipe, "text_encoder_2", None)])
+    )
 
     first: list[float] = []  # when the UNet first runs in a call: the denoising loop's start
     pipe.unet.register_forward_pre_hook(lambda *_: first.append(clock(device)) if not first else None)
@@ -184,13 +237,13 @@ def diffusers_row(folder: str, motion: str | None, dtype: str, a) -> Row:
                 num_inference_steps=steps,
                 guidance_scale=s["guidance_scale"],
                 generator=torch.Generator("cpu").manual_seed(s["seed"]),
-                decode_chunk_size=a.decode_chunk_size,
                 output_type="latent",
                 callback_on_step_end=on_step,
-            ).frames  # (1, C, F, h, w)
+            ).frames  # (1, C, F, h, w); decode_chunk_size applies to the decode below
             decode = clock(device)
             with torch.no_grad():  # what output_type="np" runs
-                video = pipe.decode_latents(latents, a.decode_chunk_size)  # (1, 3, F, H, W)
+                chunk = (a.decode_chunk_size,) if cls is AnimateDiffPipeline else ()  # the SDXL one decodes all
+                video = pipe.decode_latents(latents, *chunk)  # (1, 3, F, H, W)
                 pipe.video_processor.postprocess_video(video=video, output_type="np")
             total = clock(device) - start
         per_step = (stamps[-1] - first[0]) / steps

@@ -170,11 +170,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """`vidiff bench`'s flags."""
     p.add_argument(
         "--size",
-        choices=("sd15", "tiny", "demo"),
+        choices=("sd15", "sdxl", "tiny", "demo"),
         default="sd15",
-        help="random SD 1.5-sized or tiny weights, or the demo",
+        help="random SD 1.5-sized, SDXL-sized (with AnimateDiff-SDXL) or tiny weights, or the demo",
     )
-    p.add_argument("--model", help="an SD 1.x folder instead of --size (with --motion-module)")
+    p.add_argument("--model", help="an SD 1.x or SDXL folder instead of --size (with --motion-module)")
     p.add_argument("--motion-module", help="with --model: AnimateDiff motion module (folder or single file)")
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--height", type=int, default=256)
