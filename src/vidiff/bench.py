@@ -99,10 +99,11 @@ def sdxl_folder(folder: Path) -> Path:
         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, sample_size=1024, scaling_factor=0.13025,
     ).to(torch.bfloat16).save_pretrained(tmp / "vae")  # fmt: skip
-    vocab = len(byte_level_clip_tokenizer(tmp / "tokenizer"))
-    byte_level_clip_tokenizer(tmp / "tokenizer_2")
-    config = json.loads((tmp / "tokenizer_2" / "tokenizer_config.json").read_text()) | {"pad_token": "!"}
-    (tmp / "tokenizer_2" / "tokenizer_config.json").write_text(json.dumps(config))
+    for name, pad in (("tokenizer", None), ("tokenizer_2", "!")):  # SDXL's second pads with "!"
+        tokenizer = byte_level_clip_tokenizer(tmp / name)
+        tokenizer.pad_token = pad or tokenizer.pad_token
+        tokenizer.save_pretrained(tmp / name)
+    vocab = len(tokenizer)
     CLIPTextModel(clip_text_config(vocab, 768, 12, 12, 3072)).to(torch.bfloat16).save_pretrained(tmp / "text_encoder")
     big_g = clip_text_config(vocab, 1280, 32, 20, 5120, projection_dim=1280, hidden_act="gelu")
     CLIPTextModelWithProjection(big_g).to(torch.bfloat16).save_pretrained(tmp / "text_encoder_2")

@@ -18,13 +18,14 @@ from torch import nn
 
 from . import checks
 from .errors import LoadError
+from .families import SD1_LORA, SDXL_LORA
 from .motion.original_lora import is_original_lora, merge_original_lora
 from .tensor_files import read_state_dict
 
-SDXL = (r"^lora_te2_|^text_encoder_2\.|input_blocks_\d|\.input_blocks\.", "SDXL")
+SDXL = (SDXL_LORA, "SDXL")
 DIT = (r"^transformer\.|^lora_transformer_|joint_blocks|context_embedder", "SD 3 / Flux (a DiT)")
 UNET = (r"^unet\.|^lora_unet_|down_blocks", "Stable Diffusion 1.x (a UNet)")
-SD1 = (r"^lora_te_", "Stable Diffusion 1.x")  # kohya's one text encoder (SDXL's are lora_te1_ / lora_te2_)
+SD1 = (SD1_LORA, "Stable Diffusion 1.x")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 from .control_files import safetensors_shapes
 from .errors import InvalidArgument
 from .export import keeps_every_frame
+from .families import OPEN_CLIP
 from .job import default_output
 from .request import DEFAULT_FRAMES
 from .windowing import DEFAULT_LENGTH, context_for
@@ -115,8 +116,12 @@ class ModelFigures:
 
 def model_figures(folder: Path, extra: tuple[Path, ...] = ()) -> ModelFigures:
     """What the estimate needs of a model, from its configs and file headers (no weights loaded)."""
-    if folder.is_file():
-        return ModelFigures((folder, *extra), SD15_WIDTH, SD15_VAE_WIDTH, 512, 8)
+    if folder.is_file():  # widths from a safetensors header where there is one; else SD 1.5's
+        shapes = safetensors_shapes(folder) or {}
+        width = shapes.get("model.diffusion_model.input_blocks.0.0.weight", (SD15_WIDTH,))[0]
+        vae_width = shapes.get("first_stage_model.encoder.conv_in.weight", (SD15_VAE_WIDTH,))[0]
+        size = 1024 if any(k.startswith(OPEN_CLIP) for k in shapes) else 512  # SDXL's native size
+        return ModelFigures((folder, *extra), width, vae_width, size, 8)
     unet, transformer, vae = (_config(folder, n) for n in ("unet", "transformer", "vae"))
     backbone = unet or transformer
     if unet.get("block_out_channels"):

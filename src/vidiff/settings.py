@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 
 from . import checks
 from .errors import InvalidArgument
+from .families import check_families
 from .names import DEFAULT_FRAME_NOISE, DEVICE_KINDS, DTYPE_NAMES, GROUPNORM_MODES, MODES
 
 FLAGS = {"loras": "--lora", "motion_loras": "--motion-lora", "use_t5": "--no-t5", "compile_backend": "--compile"}
@@ -46,6 +47,8 @@ class LoadSettings:
         for flag, specs in (("--lora", self.loras), ("--motion-lora", self.motion_loras)):
             for spec in specs:
                 checks.existing(flag, checks.weighted_file(flag, spec)[0])
+        loras = [checks.weighted_file("--lora", spec)[0] for spec in self.loras]
+        check_families(self.model, self.motion_module, loras)  # from configs and headers, torch-free
 
     def check_values(self) -> None:
         """Names, ranges and combinations, without touching the file system (`from_pretrained` runs these; the

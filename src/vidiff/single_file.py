@@ -25,6 +25,7 @@ from diffusers.loaders import single_file_utils as sf
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from .errors import LoadError
+from .families import OPEN_CLIP, REFINER_CLIP, refiner
 from .layout import clip_text_config
 from .tensor_files import read_state_dict, tensor_names
 
@@ -51,8 +52,6 @@ SDXL_SAMPLE_SIZE = 128  # 1024 pixels
 SDXL_VAE_SCALING = 0.13025
 SDXL_TIME_EMBED = 256  # the width of each micro-conditioning number's sinusoid (adm's 256)
 SDXL_TIME_IDS = 6  # original size, crop corner, target size; the refiner's 5 trade the target for a score
-OPEN_CLIP = "conditioner.embedders.1.model."  # SDXL base's second text encoder (OpenCLIP bigG)
-REFINER_CLIP = "conditioner.embedders.0.model."  # the refiner has only OpenCLIP bigG
 NOT_SD1 = {"v2": "Stable Diffusion 2.x", "inpainting_v2": "Stable Diffusion 2.x inpainting", "xl_base": "SDXL",
            "xl_refiner": "SDXL refiner", "xl_inpaint": "SDXL inpainting", "playground-v2-5": "Playground v2.5",
            "sd3": "Stable Diffusion 3", "sd35_medium": "Stable Diffusion 3.5", "sd35_large": "Stable Diffusion 3.5",
@@ -160,8 +159,7 @@ def checkpoint_family(path: Path, argument: str = "--model") -> str:
     if any(k.startswith(OPEN_CLIP) for k in names):
         return "sdxl"
     if any(k.startswith(REFINER_CLIP) for k in names):
-        raise LoadError(argument, f"{path.name} is an SDXL refiner checkpoint; vidiff runs SDXL base models "
-                                  "(the refiner has no motion modules and no first text encoder)")  # fmt: skip
+        raise refiner(path.name)
     return "sd1"
 
 

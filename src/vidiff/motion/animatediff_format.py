@@ -33,6 +33,7 @@ from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_t
 from torch import nn
 
 from ..errors import LoadError
+from ..families import HOTSHOT_KEY, RELEASE_WIDTHS
 from ..tensor_files import read_state_dict
 from .groupnorm import CONFIG_KEY as GROUPNORM_KEY
 
@@ -53,9 +54,7 @@ _TO_ORIGINAL = [
 
 
 SDXL_VERSIONS = {"sdxl": "AnimateDiff-SDXL", "hotshot": "Hotshot-XL"}  # versions for SDXL UNets
-RELEASE_WIDTHS = {(320, 640, 1280, 1280): "sd1", (320, 640, 1280): "sdxl"}  # the released UNets' block widths
 SDXL_LEVELS = 3
-HOTSHOT_KEY = re.compile(r"(.*)\.temporal_attentions\.(\d+)\.(.*)")
 
 
 def is_motion_key(key: str) -> bool:
