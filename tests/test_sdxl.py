@@ -7,9 +7,12 @@ vocabulary, pooled embedding and 256-wide micro-conditioning, as the single-file
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import AnimateDiffSDXLPipeline, MotionAdapter, UNet2DConditionModel
+from helpers import cli
 from safetensors.torch import save_file
 from test_single_file import unet_to_ldm, vae_to_ldm
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -302,3 +305,228 @@ def test_loras_for_the_other_family_are_refused(sdxl, sd1_folder, adapter_folder
         with pytest.raises(LoadError, match=f"is a LoRA {what}; this model is") as err:
             VideoPipeline.from_pretrained(str(model), str(module), dtype="float32", loras=(str(lora),))
         assert err.value.argument == "--lora"
+
+
+FAST = ["--frames", "8", "--steps", "4", "--height", "64", "--width", "64", "--seed", "2", "--quiet",
+        "--dtype", "float32"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def xl(sdxl) -> list[str]:
+    return ["--model", str(sdxl / "model"), "--motion-module", str(sdxl / "mm_sdxl.safetensors")]
+
+
+def _latents(path) -> torch.Tensor:
+    from vidiff.latents_io import load_latents
+
+    return load_latents(path).latents
+
+
+def test_split_across_the_cli_equals_one_run_and_sd1_latents_are_refused(tmp_path, xl, sd1_folder, capsys):
+    dpm = ["--scheduler", "dpm++2m"]
+    assert cli("generate", "a cat", *xl, *FAST, *dpm, "-o", tmp_path / "whole.safetensors") == 0
+    assert (
+        cli("generate", "a cat", *xl, *FAST, *dpm, "--denoising-end", "0.5", "-o", tmp_path / "half.safetensors") == 0
+    )
+    seeds = f"latents: {tmp_path / 'half.safetensors'}"
+    assert cli("generate", "a cat", *xl, *FAST, *dpm, "--denoising-start", "0.5", "--image-seeds", seeds,
+               "-o", tmp_path / "rest.safetensors") == 0  # fmt: skip
+    assert (_latents(tmp_path / "whole.safetensors") - _latents(tmp_path / "rest.safetensors")).abs().max() <= 1e-5
+    sd1 = ["--model", str(sd1_folder), "--mode", "sequential"]
+    assert cli("generate", "a cat", *sd1, *FAST, "--denoising-end", "0.5", "-o", tmp_path / "sd1.safetensors") == 0
+    seeds = f"latents: {tmp_path / 'sd1.safetensors'}"
+    assert cli("generate", "a cat", *xl, *FAST, "--denoising-start", "0.5", "--image-seeds", seeds,
+               "-o", tmp_path / "o.gif") == 2  # fmt: skip
+    assert "sd1.safetensors holds sd1 latents; this model is sdxl" in capsys.readouterr().err
+    assert not (tmp_path / "o.gif").exists()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--prompt-2", "a blue square", "--negative-prompt", "blurry"],
+        ["--context-length", "4", "--context-overlap", "2"],  # context windows over the UNet
+        ["--context-length", "4", "--context-overlap", "2", "--context-scope", "motion"],  # FreeNoise
+        ["--prompt-travel", "0: a cat | 7: a dog", "--context-length", "4", "--context-overlap", "2"],
+        ["--free-init", "2"],
+        ["--motion-scale", "1.3"],
+        ["--fast"],
+        ["--pab", "--deep-cache"],
+        ["--lora", "LORA:0.8"],
+        ["--vae", "VAE"],
+    ],
+)
+def test_every_option_runs_on_sdxl(tmp_path, sdxl, xl, extra):
+    """Each option on the SDXL backbone makes a video that differs from the plain run (or, for --vae, equals it:
+    the same VAE from a single file)."""
+    kohya_sdxl_lora(sdxl / "sdxl_lora.safetensors")
+    from diffusers import AutoencoderKL
+    from test_single_file import vae_to_ldm
+
+    vae = AutoencoderKL.from_pretrained(sdxl / "model" / "vae").state_dict()
+    save_file({k: v.contiguous() for k, v in vae_to_ldm(vae, 4).items()}, tmp_path / "sdxl_vae.safetensors")
+    names = {"LORA:0.8": f"{sdxl / 'sdxl_lora.safetensors'}:0.8", "VAE": str(tmp_path / "sdxl_vae.safetensors")}
+    extra = [names.get(e, e) for e in extra]
+    assert cli("generate", "a cat", *xl, *FAST, "-o", tmp_path / "plain.pt") == 0
+    assert cli("generate", "a cat", *xl, *FAST, *extra, "-o", tmp_path / "out.pt") == 0
+    plain, out = _latents(tmp_path / "plain.pt"), _latents(tmp_path / "out.pt")
+    assert out.shape == plain.shape == (1, 4, 8, 8, 8) and torch.isfinite(out).all()
+    if "--vae" in extra:
+        assert torch.equal(out, plain)
+    else:
+        assert (out - plain).abs().max() > 1e-3, extra
+
+
+def test_video_to_video_inpainting_and_sequential_mode(tmp_path, sdxl, xl):
+    from helpers import source_and_mask
+
+    seeds = source_and_mask(tmp_path)
+    assert cli("generate", "a cat", *xl, *FAST, "--image-seeds", tmp_path / "src.gif", "--image-seed-strength",
+               "0.5", "-o", tmp_path / "v2v.mp4") == 0  # fmt: skip
+    assert cli("generate", "a cat", *xl, *FAST, "--image-seeds", seeds, "-o", tmp_path / "inpaint.gif") == 0
+    single = ["--model", str(sdxl / "sdxl.safetensors"), "--mode", "sequential"]
+    assert cli("generate", "a cat", *single, *FAST, "-o", tmp_path / "frames.gif") == 0
+    assert all((tmp_path / n).stat().st_size > 0 for n in ("v2v.mp4", "inpaint.gif", "frames.gif"))
+
+
+def test_sequential_mode_equals_diffusers_sdxl_per_frame(sdxl):
+    from diffusers import StableDiffusionXLPipeline
+
+    seq = VideoPipeline.from_pretrained(str(sdxl / "model"), mode="sequential", dtype="float32")
+    ours = seq(PROMPT, seed=9, progress=False, output_type="latent", **SETTINGS).latents  # (1, 4, F, 8, 8)
+    ref = StableDiffusionXLPipeline.from_pretrained(sdxl / "model")
+    ref.set_progress_bar_config(disable=True)
+    ref.scheduler = make_scheduler("ddim", dict(ref.scheduler.config))
+    start = seq.denoiser.initial_noise((1, 4, 4, 8, 8), torch.Generator("cpu").manual_seed(9), "cpu", torch.float32)
+    for f in range(4):
+        want = ref(PROMPT, num_inference_steps=3, latents=start[:, :, f].clone(), output_type="latent", height=64,
+                   width=64, guidance_scale=7.5).images  # fmt: skip
+        assert (ours[:, :, f] - want).abs().max().item() <= ATOL
+
+
+def _release_width_module(path) -> None:
+    """The motion-module norms of AnimateDiff-SDXL's released shape (widths 320/640/1280), nothing else."""
+    save_file({f"down_blocks.{i}.motion_modules.0.temporal_transformer.norm.weight": torch.ones(w)
+               for i, w in enumerate((320, 640, 1280))}, path)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "flag", "message"),
+    [
+        (
+            "sdxl module on sd1",
+            "--motion-module",
+            "mm_sdxl_v10_beta.safetensors is an SDXL motion module; this model is Stable Diffusion 1.x",
+        ),
+        ("hotshot on sd1", "--motion-module", "is an SDXL motion module; this model is Stable Diffusion 1.x"),
+        ("sd1 module on sdxl", "--motion-module", "is a Stable Diffusion 1.x motion module; this model is SDXL"),
+        ("sdxl lora on sd1", "--lora", "sdxl_lora.safetensors is a LoRA for SDXL; this model is Stable Diffusion 1.x"),
+        ("sd1 lora on sdxl", "--lora", "is a LoRA for Stable Diffusion 1.x; this model is SDXL"),
+        ("refiner file", "--model", "refiner.safetensors is an SDXL refiner checkpoint"),
+        ("refiner folder", "--model", "is an SDXL refiner checkpoint"),
+        ("prompt-3 on sdxl", "--prompt-3", "this sdxl model has no text encoder for it"),
+    ],
+)
+def test_bad_input_is_refused_before_loading(tmp_path, sdxl, sd1_folder, adapter_folder, capsys, case, flag, message):
+    """One line, exit 2, and (--dry-run proves it) before any weights load."""
+    _release_width_module(tmp_path / "mm_sdxl_v10_beta.safetensors")
+    sd1_release = tmp_path / "mm_sd_v15_v2.safetensors"
+    save_file({f"down_blocks.{i}.motion_modules.0.temporal_transformer.norm.weight": torch.ones(w)
+               for i, w in enumerate((320, 640, 1280, 1280))}, sd1_release)  # fmt: skip
+    kohya_sdxl_lora(tmp_path / "sdxl_lora.safetensors")
+    save_file({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(4, 32)},
+              tmp_path / "sd1_lora.safetensors")  # fmt: skip
+    save_file({"conditioner.embedders.0.model.transformer.resblocks.0.ln_1.weight": torch.ones(4)},
+              tmp_path / "refiner.safetensors")  # fmt: skip
+    (tmp_path / "refiner").mkdir()
+    (tmp_path / "refiner" / "model_index.json").write_text('{"_class_name": "StableDiffusionXLImg2ImgPipeline"}')
+    sd1, xl_model = ["--model", str(sd1_folder)], ["--model", str(sdxl / "model")]
+    args = {
+        "sdxl module on sd1": [*sd1, "--motion-module", tmp_path / "mm_sdxl_v10_beta.safetensors"],
+        "hotshot on sd1": [*sd1, "--motion-module", sdxl / "hsxl_temporal_layers.safetensors"],
+        "sd1 module on sdxl": [*xl_model, "--motion-module", sd1_release],
+        "sdxl lora on sd1": [*sd1, "--motion-module", adapter_folder, "--lora", tmp_path / "sdxl_lora.safetensors"],
+        "sd1 lora on sdxl": [*xl_model, "--lora", tmp_path / "sd1_lora.safetensors"],
+        "refiner file": ["--model", tmp_path / "refiner.safetensors"],
+        "refiner folder": ["--model", tmp_path / "refiner"],
+        "prompt-3 on sdxl": [*xl_model, "--prompt-3", "x"],
+    }[case]
+    for dry in (["--dry-run"], []):
+        assert cli("generate", "a cat", *args, *FAST, *dry, "-o", tmp_path / "o.gif") == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{flag}:" in err and message in err, err
+    assert not (tmp_path / "o.gif").exists()
+
+
+def test_training_an_sdxl_folder_is_refused_in_one_line(tmp_path, sdxl, capsys):
+    (tmp_path / "clips").mkdir()
+    code = cli("train", "motion", "--model", sdxl / "model", "--data", tmp_path / "clips", "--steps", "1")
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "vidiff train trains sd1 and sd3 models, not sdxl" in err
+
+
+def test_interrupted_run_resumes_to_the_same_video(tmp_path, sdxl):
+    from vidiff import GenerationRequest, LoadSettings, RenderJob, render
+    from vidiff.latents_io import load_latents
+    from vidiff.renderer import Renderer
+
+    load = LoadSettings(str(sdxl / "model"), str(sdxl / "mm_sdxl.safetensors"), dtype="float32")
+    request = GenerationRequest("a cat", frames=4, steps=6, height=64, width=64, seed=5, scheduler="dpm++2m")
+    whole = render(RenderJob(request, output=str(tmp_path / "whole.pt"), load=load))
+    job = RenderJob(request, output=str(tmp_path / "run.safetensors"), checkpoint_every=2, load=load)
+    renderer = Renderer()
+    pipe, _ = renderer.pipeline(job)
+    original, calls = pipe.denoiser.predict, []
+
+    def stop_after_four(*args):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    pipe.denoiser.predict = stop_after_four
+    with pytest.raises(KeyboardInterrupt):
+        renderer.render(job)
+    del pipe.denoiser.predict
+    checkpoint = tmp_path / "run.safetensors.resume.safetensors"
+    assert load_latents(checkpoint).meta.step == 2 and load_latents(checkpoint).meta.family == "sdxl"
+    result = renderer.render(RenderJob(GenerationRequest(""), resume=str(checkpoint)))
+    assert (result.latents - whole.latents).abs().max() <= 1e-5
+
+
+def test_batch_renders_sdxl_jobs_as_generate_does(tmp_path, sdxl, xl):
+    import json
+
+    from vidiff.batch import Manifest, defaults_from, plan, read_jobs, run_local
+    from vidiff.cli import build_parser
+
+    model = {"model": str(sdxl / "model"), "motion_module": str(sdxl / "mm_sdxl.safetensors")}
+    lines = [
+        {"prompt": "a cat", "seed": 1, **model},
+        {"prompt": "a dog", "prompt_2": "watercolour", "seed": 2, **model},
+    ]
+    (tmp_path / "jobs.jsonl").write_text("\n".join(json.dumps(j) for j in lines) + "\n")
+    flags = ["--frames", "4", "--steps", "2", "--height", "64", "--width", "64", "--dtype", "float32", "--quiet"]
+    args = build_parser().parse_args(["batch", str(tmp_path / "jobs.jsonl"), "-o", str(tmp_path / "out"), *flags])
+    items = plan(read_jobs(str(tmp_path / "jobs.jsonl")), defaults_from(args), str(tmp_path / "out"),
+                 args.name_template, [])  # fmt: skip
+    report = run_local(items, Manifest(str(tmp_path / "out")), progress=False)
+    assert report.loads == 1 and not report.failed and len(report.records) == 2
+    for item, line in zip(items, lines, strict=True):
+        alone = tmp_path / f"alone-{line['seed']}{Path(item.job.output).suffix}"
+        extra = ["--prompt-2", line["prompt_2"]] if "prompt_2" in line else []
+        assert cli("generate", line["prompt"], *xl, *flags, *extra, "--seed", str(line["seed"]), "-o", alone) == 0
+        assert alone.read_bytes() == Path(item.job.output).read_bytes()
+
+
+def test_a_saved_animatediff_sdxl_pipeline_loads_without_a_motion_module(tmp_path, sdxl, ours):
+    """AnimateDiffSDXLPipeline.save_pretrained writes its UNetMotionModel (motion modules inside)."""
+    pipe = AnimateDiffSDXLPipeline.from_pretrained(sdxl / "model", motion_adapter=MotionAdapter.from_pretrained(
+        sdxl / "mm_folder"))  # fmt: skip
+    pipe.unet.add_embedding.load_state_dict(ours.denoiser.module.add_embedding.state_dict())
+    pipe.save_pretrained(tmp_path / "saved")
+    saved = VideoPipeline.from_pretrained(str(tmp_path / "saved"), dtype="float32")
+    assert saved.spec.name == "sdxl" and "AnimateDiff-SDXL" in saved.notes[0]
+    a = saved(PROMPT, seed=8, progress=False, output_type="latent", **SETTINGS).latents
+    b = ours(PROMPT, seed=8, progress=False, output_type="latent", **SETTINGS).latents
+    assert (a - b).abs().max().item() <= 1e-5

@@ -21,6 +21,7 @@ HOTSHOT_KEY = re.compile(r"(.*)\.temporal_attentions\.(\d+)\.(.*)")  # Hotshot-X
 SDXL_LORA = r"^lora_te2_|^text_encoder_2\.|input_blocks_\d|\.input_blocks\."
 SD1_LORA = r"^lora_te_"  # kohya's one text encoder (SDXL's are lora_te1_ / lora_te2_)
 NAMES = {"sd1": "Stable Diffusion 1.x", "sdxl": "SDXL"}
+EXTRA_PROMPTS = {"sd1": 0, "sdxl": 1}  # text encoders beyond the first (the specs' `extra_prompts`)
 PIPELINES = {"StableDiffusionPipeline": "sd1", "AnimateDiffPipeline": "sd1", "StableDiffusionXLPipeline": "sdxl",
              "AnimateDiffSDXLPipeline": "sdxl"}  # fmt: skip
 MOTION_NORM = re.compile(

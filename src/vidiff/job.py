@@ -16,6 +16,7 @@ from . import checks
 from .accel.configs import DeepCacheConfig, PABConfig
 from .control_files import check_control
 from .errors import InvalidArgument
+from .families import EXTRA_PROMPTS, model_family
 from .image_seeds import ImageSeed, parse_image_seed
 from .media import check_count, frame_count
 from .names import LATENT_SUFFIXES, PRESET_NAMES, is_latents_path
@@ -61,6 +62,9 @@ class RenderJob:
         if not isinstance(self.load, LoadSettings):
             raise InvalidArgument("load", f"must be a LoadSettings, got {type(self.load).__name__}")
         self.load.validate()
+        family = model_family(self.load.model)  # SD 1.x or SDXL, from its config or header (else: at load)
+        if family is not None:
+            self.request.check_extra_prompts(family, EXTRA_PROMPTS[family])
         if self.resume is not None:
             c.existing("--resume", self.resume)
         if self.preset is not None:

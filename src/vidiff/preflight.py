@@ -5,12 +5,12 @@ The estimate adds up
   weight files by size;
 - denoising: activations grow with the batch (videos x 2 with classifier-free guidance), the frames the
   backbone sees at once (a context window, or a frame batch), the latent area and the backbone's first
-  width, times a constant measured on UNets from the demo's to SD 1.5's size (70-80 bytes per element);
+  width, times a constant measured on UNets from the demo's to SDXL's size (80-160 bytes per element);
 - ControlNets: the residuals each adds to the UNet's skip connections, held through the UNet call: at SD 1.5's
   widths 5.5 channels per first-width channel, 22 bytes per element in float32 (from the shapes, not
   measured); the ControlNet's own activations come and go before the UNet's;
-- decoding: the VAE's first width at full resolution over one decode chunk (6-9 bytes per element
-  measured), plus the frames a GIF or WebP keeps until it is written;
+- decoding: the VAE's first width at full resolution over one decode chunk (6-24 bytes per element
+  measured, the most at 512 pixels), plus the frames a GIF or WebP keeps until it is written;
 - on a CPU, a floor under the working memory (thread pools, allocator arenas, the writer: 16-27 MiB measured
   in float32 and bfloat16 alike) and the runtime itself (Python, torch, diffusers).
 Activations scale with the dtype's size: bfloat16 on a CPU measured 0.51x float32's above that floor.
@@ -34,9 +34,11 @@ from .request import DEFAULT_FRAMES
 from .windowing import DEFAULT_LENGTH, context_for
 
 GIB = 2**30
-DENOISE_BYTES = 128  # per (batch x frame x latent pixel x first-width channel), float32; measured 80-130
+DENOISE_BYTES = 160  # per (batch x frame x latent pixel x first-width channel), float32; measured 80-130 on
+# UNets from the demo's to SD 1.5's size, 160 on SDXL's (its 10-block transformers at the lowest level)
 CONTROL_BYTES = 22  # per ControlNet, the same unit as DENOISE_BYTES: its residuals (5.5 x 4 bytes)
-DECODE_BYTES = 10  # per (frame x pixel x VAE first-width channel), float32; measured 6-9
+DECODE_BYTES = 24  # per (frame x pixel x VAE first-width channel), float32; measured 6-9 up to 256 pixels,
+# 24 at 512 pixels (the SD / SDXL VAE in bfloat16: its full-resolution blocks keep several such tensors alive)
 RUNTIME_BYTES = GIB // 2  # Python + torch + diffusers on a CPU, measured 0.45 GiB
 WORKING_FLOOR = 24 * 2**20  # CPU working memory that no run size explains, measured 16-27 MiB
 ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

@@ -179,6 +179,13 @@ class GenerationRequest:
         if self.beta_schedule is not None:
             c.choice("--beta-schedule", self.beta_schedule, BETA_SCHEDULES, "beta schedule")
 
+    def check_extra_prompts(self, model: str, encoders: int) -> None:
+        """`--prompt-2` / `--prompt-3` only for a model with that many text encoders beyond the first."""
+        for i, (flag, given) in enumerate((("--prompt-2", self.prompt_2), ("--prompt-3", self.prompt_3))):
+            if given is not None and encoders <= i:
+                raise InvalidArgument(flag, f"this {model} model has no text encoder for it (SDXL takes "
+                                            "--prompt-2, SD 3 --prompt-2 and --prompt-3)")  # fmt: skip
+
     def resolved(
         self, default_size: int, spec: BackboneSpec, default_frames: int = DEFAULT_FRAMES
     ) -> GenerationRequest:
@@ -194,10 +201,7 @@ class GenerationRequest:
             raise InvalidArgument(
                 "--scheduler", f"{scheduler} does not fit this {spec.name} model: it needs a {kind} scheduler"
             )
-        for i, (flag, given) in enumerate((("--prompt-2", self.prompt_2), ("--prompt-3", self.prompt_3))):
-            if given is not None and spec.extra_prompts <= i:
-                raise InvalidArgument(flag, f"this {spec.name} model has no text encoder for it (SDXL takes "
-                                            "--prompt-2, SD 3 --prompt-2 and --prompt-3)")  # fmt: skip
+        self.check_extra_prompts(spec.name, spec.extra_prompts)
         return replace(
             self,
             frames=frames,

@@ -41,6 +41,11 @@ class BackboneSpec:
     steering: bool = False  # SD 1.x ControlNets, SparseCtrl and IP-Adapters steer it
 
 
+UNET_ATTENTION: AttentionRules = (  # a UNet with AnimateDiff motion modules (diffusers' UNetMotionModel)
+    (r"motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]$", "temporal"),
+    (r"attentions\.\d+\.transformer_blocks\.\d+\.attn1$", "spatial"),
+    (r"attentions\.\d+\.transformer_blocks\.\d+\.attn2$", "cross"),
+)
 SPECS: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
@@ -52,11 +57,7 @@ SPECS: dict[str, BackboneSpec] = {
             latent_space="sd1",
             flow=False,
             default_scheduler="ddim",
-            attention_rules=(
-                (r"motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]$", "temporal"),
-                (r"attentions\.\d+\.transformer_blocks\.\d+\.attn1$", "spatial"),
-                (r"attentions\.\d+\.transformer_blocks\.\d+\.attn2$", "cross"),
-            ),
+            attention_rules=UNET_ATTENTION,
             deep_cache=True,
             fast=("pab", "deep_cache"),
             steering=True,
@@ -69,11 +70,7 @@ SPECS: dict[str, BackboneSpec] = {
             latent_space="sdxl",
             flow=False,
             default_scheduler="ddim",
-            attention_rules=(
-                (r"motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]$", "temporal"),
-                (r"attentions\.\d+\.transformer_blocks\.\d+\.attn1$", "spatial"),
-                (r"attentions\.\d+\.transformer_blocks\.\d+\.attn2$", "cross"),
-            ),
+            attention_rules=UNET_ATTENTION,
             extra_prompts=1,
             deep_cache=True,
             fast=("pab", "deep_cache"),

@@ -30,6 +30,16 @@ class PromptEncoder:
         return [self.text_encoder]
 
 
+def penultimate_and_pooled(tokenizer, encoder, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    """A CLIP encoder's penultimate hidden states (B, 77, D) and its first output (B, P): the projected pooled
+    embedding of an encoder with a projection (the last hidden state of one without), in its dtype."""
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    out = encoder(ids.to(encoder.device), output_hidden_states=True)
+    return out.hidden_states[-2].to(encoder.dtype), out[0].to(encoder.dtype)  # (B, 77, D), (B, P)
+
+
 class ClipPromptEncoder(PromptEncoder):
     """One CLIP text encoder (SD 1.x): last hidden state of the padded 77-token prompt."""
 
@@ -65,12 +75,7 @@ class SD3PromptEncoder(PromptEncoder):
         self.joint_attention_dim = joint_attention_dim
 
     def _clip(self, i: int, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        tokenizer, encoder = self.tokenizers[i], self.encoders[i]
-        ids = tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        out = encoder(ids.to(encoder.device), output_hidden_states=True)
-        return out.hidden_states[-2].to(encoder.dtype), out[0].to(encoder.dtype)  # (B, 77, D), (B, P)
+        return penultimate_and_pooled(self.tokenizers[i], self.encoders[i], prompts)
 
     def _t5(self, prompts: list[str], max_sequence_length: int) -> Tensor:
         tokenizer, encoder = self.tokenizers[2], self.encoders[2]
@@ -115,18 +120,10 @@ class SDXLPromptEncoder(PromptEncoder):
         self.encoders = encoders
         self.zeros_for_empty = zeros_for_empty
 
-    def _clip(self, i: int, prompts: list[str]) -> tuple[Tensor, Tensor]:
-        tokenizer, encoder = self.tokenizers[i], self.encoders[i]
-        ids = tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        out = encoder(ids.to(encoder.device), output_hidden_states=True)
-        return out.hidden_states[-2], out[0]  # (B, 77, D), (B, P) from the encoder with a projection
-
     @torch.no_grad()
     def __call__(self, prompts: list[str], prompts_2: list[str] | None = None, **_unused) -> Conditioning:
-        first, _ = self._clip(0, prompts)  # (B, 77, D_l)
-        second, pooled = self._clip(1, prompts_2 or prompts)  # (B, 77, D_g), (B, P)
+        first, _ = penultimate_and_pooled(self.tokenizers[0], self.encoders[0], prompts)  # (B, 77, D_l)
+        second, pooled = penultimate_and_pooled(self.tokenizers[1], self.encoders[1], prompts_2 or prompts)
         dtype = self.encoders[1].dtype
         return Conditioning(embeds=torch.cat([first, second], dim=-1).to(dtype), pooled=pooled.to(dtype))
 

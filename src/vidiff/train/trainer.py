@@ -557,11 +557,14 @@ def make_stage(cfg: TrainConfig) -> Stage:
     """The stage `cfg` names, on its model folder and data, with its trainable parameters selected."""
     cfg.validate()
     torch.manual_seed(cfg.seed)  # fresh-module initialisation
+    new = not (cfg.model / "model_index.json").is_file()
+    cfg.family = (cfg.family or "sd1") if new else detect(cfg.model).name
+    if cfg.family not in STAGE_CLASSES:
+        raise InvalidArgument("--model", f"vidiff train trains {' and '.join(STAGE_CLASSES)} models, not "
+                                         f"{cfg.family} ({cfg.model})")  # fmt: skip
     data = open_data(cfg.data, cfg.frames, cfg.size)
     if cfg.stage != "vae" and not (cfg.model / "vae").is_dir():
         raise InvalidArgument("--model", f"{cfg.model} has no vae/: train the vae stage first")
-    new = not (cfg.model / "model_index.json").is_file()
-    cfg.family = (cfg.family or "sd1") if new else detect(cfg.model).name
     if cfg.zero_snr and SPECS[cfg.family].flow:
         raise InvalidArgument(
             "--zero-snr", f"{cfg.family}'s flow matching already ends at pure noise (no signal leaks)"
