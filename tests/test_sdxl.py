@@ -530,3 +530,15 @@ def test_a_saved_animatediff_sdxl_pipeline_loads_without_a_motion_module(tmp_pat
     a = saved(PROMPT, seed=8, progress=False, output_type="latent", **SETTINGS).latents
     b = ours(PROMPT, seed=8, progress=False, output_type="latent", **SETTINGS).latents
     assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_a_float16_run_keeps_a_vae_that_would_overflow_in_float32():
+    """SDXL's stock VAE overflows in float16 (`force_upcast` in its config); diffusers' pipelines decode it in
+    float32, and so does vidiff. Float16 needs a GPU, so the rule is checked on its own."""
+    from diffusers import AutoencoderKL
+
+    from vidiff.adapters.unet_motion import vae_dtype
+
+    stock, fixed = AutoencoderKL(force_upcast=True), AutoencoderKL(force_upcast=False)
+    assert vae_dtype(stock, torch.float16) == torch.float32 and vae_dtype(fixed, torch.float16) == torch.float16
+    assert vae_dtype(stock, torch.bfloat16) == torch.bfloat16

@@ -241,6 +241,12 @@ FAMILY_NAMES = {"sd1": "an SD 1.x", "sdxl": "an SDXL"}  # MotionModule.family
 TRAINED_AT = {"hotshot": (64, 8)}  # latent size, frames: Hotshot-XL was trained on 8 frames at 512 pixels
 
 
+def vae_dtype(vae: AutoencoderKL, dtype: torch.dtype) -> torch.dtype:
+    """float32 where float16 would overflow the VAE (its config's `force_upcast`, as SDXL's stock VAE sets and
+    diffusers' pipelines honour); else the run's dtype. The fp16-fix VAEs clear the flag."""
+    return torch.float32 if dtype == torch.float16 and vae.config.get("force_upcast", False) else dtype
+
+
 def _replacement_vae(path: str, family: UNetFamily, dtype: torch.dtype) -> AutoencoderKL:
     """`--vae`: a diffusers VAE folder, or a single file in the original layout (e.g. vae-ft-mse-840000)."""
     if Path(path).is_dir():
@@ -266,6 +272,7 @@ def assemble(
         notes += apply_loras(unet, {}, list(options.motion_loras), "--motion-lora", motion_only=True)
     for part in (*parts.text_encoders.values(), vae, unet):
         part.to(device).eval().requires_grad_(False)
+    vae.to(vae_dtype(vae, dtype))
     if device.type == "cpu" and dtype == torch.bfloat16:
         unet.to(memory_format=torch.channels_last)  # bf16 convolutions on CPU: 4-5% faster per step
     if not settings.frame_by_frame:
