@@ -542,3 +542,14 @@ def test_a_float16_run_keeps_a_vae_that_would_overflow_in_float32():
     stock, fixed = AutoencoderKL(force_upcast=True), AutoencoderKL(force_upcast=False)
     assert vae_dtype(stock, torch.float16) == torch.float32 and vae_dtype(fixed, torch.float16) == torch.float16
     assert vae_dtype(stock, torch.bfloat16) == torch.bfloat16
+
+
+def test_a_refiner_is_told_by_its_five_time_ids_too(tmp_path):
+    """A folder that does not call itself a refiner is still one when its added embedding takes five time ids
+    (original size, crop, aesthetic score) instead of six."""
+    from vidiff.adapters.unet_sdxl import _refuse_refiner
+
+    base = {"addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 1280 + 6 * 256}
+    _refuse_refiner(base, 1280, tmp_path)
+    with pytest.raises(LoadError, match="is an SDXL refiner"):
+        _refuse_refiner(base | {"projection_class_embeddings_input_dim": 1280 + 5 * 256}, 1280, tmp_path)

@@ -47,13 +47,17 @@ def model_family(model: str) -> str | None:
             raise refiner(path.name)
         return PIPELINES.get(name)
     shapes = safetensors_shapes(path) if path.suffix == ".safetensors" else None
-    if shapes is None:
-        return None
-    if any(k.startswith(OPEN_CLIP) for k in shapes):
+    return None if shapes is None else family_from_names(shapes, path.name)
+
+
+def family_from_names(names, file: str) -> str | None:
+    """'sdxl' or 'sd1' from a single file's tensor names (None: not a Stable Diffusion checkpoint); the SDXL
+    refiner is refused by name."""
+    if any(k.startswith(OPEN_CLIP) for k in names):
         return "sdxl"
-    if any(k.startswith(REFINER_CLIP) for k in shapes):
-        raise refiner(path.name)
-    return "sd1" if any(k.startswith("model.diffusion_model.") for k in shapes) else None
+    if any(k.startswith(REFINER_CLIP) for k in names):
+        raise refiner(file)
+    return "sd1" if any(k.startswith("model.diffusion_model.") for k in names) else None
 
 
 def motion_family(path: str) -> str | None:

@@ -25,7 +25,7 @@ from diffusers.loaders import single_file_utils as sf
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
 from .errors import LoadError
-from .families import OPEN_CLIP, REFINER_CLIP, refiner
+from .families import OPEN_CLIP, family_from_names
 from .layout import clip_text_config
 from .tensor_files import read_state_dict, tensor_names
 
@@ -155,20 +155,15 @@ def _build(cls, config: dict, state: dict[str, torch.Tensor], dtype: torch.dtype
 def checkpoint_family(path: Path, argument: str = "--model") -> str:
     """'sdxl' or 'sd1' from a single file's tensor names (a safetensors header, or a lazily mapped pickle);
     the SDXL refiner is refused by name. Other architectures are named when the file is read."""
-    names = tensor_names(path, argument)
-    if any(k.startswith(OPEN_CLIP) for k in names):
-        return "sdxl"
-    if any(k.startswith(REFINER_CLIP) for k in names):
-        raise refiner(path.name)
-    return "sd1"
+    return family_from_names(tensor_names(path, argument), path.name) or "sd1"
 
 
 def read_checkpoint(path: Path, argument: str = "--model", family: str = "sd1") -> dict[str, torch.Tensor]:
     """The state dict of a single-file checkpoint, its architecture checked: SD 1.x (or SDXL, for `family`
     'sdxl') or one line naming it."""
     checkpoint = read_state_dict(path, argument)
-    kind = sf.infer_diffusers_model_type(checkpoint)
-    if family == "sd1" and kind in NOT_SD1:
+    kind = sf.infer_diffusers_model_type(checkpoint) if family == "sd1" else None
+    if kind in NOT_SD1:
         raise LoadError(argument, f"{path.name} is a {NOT_SD1[kind]} checkpoint; vidiff runs Stable Diffusion 1.x")
     if not any(k.startswith(UNET) for k in checkpoint):
         raise LoadError(argument, f"{path.name} is not a Stable Diffusion checkpoint (no {UNET}* weights)")
