@@ -295,6 +295,33 @@ def test_kohya_sdxl_lora_matches_diffusers(sdxl):
             assert torch.allclose(value, want[key], atol=1e-6), key
 
 
+def test_a_diffusers_layout_sdxl_lora_adds_scale_times_b_a(tmp_path, sdxl, ours):
+    """A LoRA in diffusers' / peft's layout (`unet.*`, `text_encoder_2.*`, lora_A/lora_B, no alphas) lands in the
+    UNet and the second text encoder as W + scale * B @ A. (diffusers infers a text encoder's LoRA layout from
+    its attention layers, so a text-encoder LoRA on the MLP alone does not load there either.)"""
+    torch.manual_seed(3)
+    layers = {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q": (64, 64),
+              "text_encoder_2.text_model.encoder.layers.1.self_attn.q_proj": (64, 64),
+              "text_encoder_2.text_model.encoder.layers.1.mlp.fc1": (64, 128)}  # fmt: skip
+    state = {}
+    for name, (width, out) in layers.items():
+        state[f"{name}.lora_A.weight"] = 0.1 * torch.randn(4, width)
+        state[f"{name}.lora_B.weight"] = 0.1 * torch.randn(out, 4)
+    save_file(state, tmp_path / "diffusers_lora.safetensors")
+    pipe = VideoPipeline.from_pretrained(str(sdxl / "model"), str(sdxl / "mm_folder"), dtype="float32",
+                                         loras=(f"{tmp_path / 'diffusers_lora.safetensors'}:0.7",))  # fmt: skip
+    text = (ours.prompt_encoder.encoders[1], pipe.prompt_encoder.encoders[1])
+    targets = [
+        (ours.denoiser.module, pipe.denoiser.module, "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"),
+        (*text, "text_model.encoder.layers.1.self_attn.q_proj"),
+        (*text, "text_model.encoder.layers.1.mlp.fc1"),
+    ]
+    for (plain, loaded, layer), name in zip(targets, layers, strict=True):
+        delta = 0.7 * state[f"{name}.lora_B.weight"] @ state[f"{name}.lora_A.weight"]
+        want = plain.get_submodule(layer).weight + delta
+        assert torch.allclose(loaded.get_submodule(layer).weight, want, atol=1e-6), layer
+
+
 def test_loras_for_the_other_family_are_refused(sdxl, sd1_folder, adapter_folder):
     kohya_sdxl_lora(sdxl / "sdxl_lora.safetensors")
     sd1_lora = sdxl / "sd1_lora.safetensors"
