@@ -74,10 +74,16 @@ def motion_family(path: str) -> str | None:
         return None
     if any(HOTSHOT_KEY.fullmatch(k) for k in shapes):
         return "sdxl"
+    return RELEASE_WIDTHS.get(motion_widths(shapes))
+
+
+def motion_widths(shapes) -> tuple[int, ...]:
+    """The block widths of a motion module, level by level, from its tensors' names and shapes (name -> shape):
+    each level's first motion-module norm (AnimateDiff's or Hotshot-XL's names)."""
     norms = {
         int(m.group(1)): v[0] for k, v in shapes.items() if (m := MOTION_NORM.fullmatch(k.removeprefix("module.")))
     }
-    return RELEASE_WIDTHS.get(tuple(norms[i] for i in sorted(norms)))
+    return tuple(norms[i] for i in sorted(norms))
 
 
 def lora_family(path: str) -> str | None:

@@ -136,12 +136,14 @@ def load_vae(model: str, dtype: torch.dtype, device: torch.device) -> Autoencode
     """Just the VAE of a model folder or single-file checkpoint (to decode saved latents)."""
     folder = resolve_model_folder(model)
     if folder.is_file():
-        from .single_file import SD1_VAE_SCALING, SDXL_VAE_SCALING, checkpoint_family
+        from .families import family_from_names
+        from .single_file import SD1_VAE_SCALING, SDXL_VAE_SCALING
         from .single_file import load_vae as from_checkpoint
         from .tensor_files import read_state_dict
 
-        scaling = SDXL_VAE_SCALING if checkpoint_family(folder) == "sdxl" else SD1_VAE_SCALING
-        return from_checkpoint(read_state_dict(folder, "--model"), dtype, scaling=scaling).to(device)
+        state = read_state_dict(folder, "--model")  # one read: the family from its names, then the VAE
+        scaling = SDXL_VAE_SCALING if family_from_names(state, folder.name) == "sdxl" else SD1_VAE_SCALING
+        return from_checkpoint(state, dtype, scaling=scaling).to(device)
     if not (folder / "vae").is_dir():
         raise LoadError("--model", f"{folder} has no vae/ folder")
     vae = load_part(AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype)

@@ -51,7 +51,6 @@ SDXL_HEAD_DIM = 64  # SDXL attends with 64-wide heads (num_head_channels=64 in i
 SDXL_SAMPLE_SIZE = 128  # 1024 pixels
 SDXL_VAE_SCALING = 0.13025
 SDXL_TIME_EMBED = 256  # the width of each micro-conditioning number's sinusoid (adm's 256)
-SDXL_TIME_IDS = 6  # original size, crop corner, target size; the refiner's 5 trade the target for a score
 NOT_SD1 = {"v2": "Stable Diffusion 2.x", "inpainting_v2": "Stable Diffusion 2.x inpainting", "xl_base": "SDXL",
            "xl_refiner": "SDXL refiner", "xl_inpaint": "SDXL inpainting", "playground-v2-5": "Playground v2.5",
            "sd3": "Stable Diffusion 3", "sd35_medium": "Stable Diffusion 3.5", "sd35_large": "Stable Diffusion 3.5",

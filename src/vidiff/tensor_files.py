@@ -41,12 +41,17 @@ def read_tensors(path: str | Path, argument: str) -> dict[str, torch.Tensor] | t
         raise LoadError(argument, f"{path} is not a readable torch checkpoint ({str(e).splitlines()[0]})") from e
 
 
-def read_state_dict(path: str | Path, argument: str) -> dict[str, torch.Tensor]:
-    """A flat name -> tensor mapping, unwrapping the usual `state_dict` / `module` containers."""
-    data = read_tensors(path, argument)
+def _unwrap(data):
+    """The state dict inside the usual `state_dict` / `module` containers (training checkpoints)."""
     for key in ("state_dict", "module"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
+    return data
+
+
+def read_state_dict(path: str | Path, argument: str) -> dict[str, torch.Tensor]:
+    """A flat name -> tensor mapping, unwrapping the usual `state_dict` / `module` containers."""
+    data = _unwrap(read_tensors(path, argument))
     if not isinstance(data, dict):
         raise LoadError(argument, f"{path} holds a {type(data).__name__}, not a state dict")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
@@ -68,5 +73,5 @@ def tensor_names(path: str | Path, argument: str) -> list[str]:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, OSError, EOFError):  # not a zip pickle: read it (and say why)
         data = read_tensors(path, argument)
-    data = data.get("state_dict", data) if isinstance(data, dict) else data
+    data = _unwrap(data)
     return list(data) if isinstance(data, dict) else []

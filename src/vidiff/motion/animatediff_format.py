@@ -33,7 +33,7 @@ from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_t
 from torch import nn
 
 from ..errors import LoadError
-from ..families import HOTSHOT_KEY, RELEASE_WIDTHS
+from ..families import HOTSHOT_KEY, RELEASE_WIDTHS, motion_widths
 from ..tensor_files import read_state_dict
 from .groupnorm import CONFIG_KEY as GROUPNORM_KEY
 
@@ -94,9 +94,7 @@ def detect_version(state: dict[str, torch.Tensor], name: str = "file") -> str:
 
 
 def _block_channels(state: dict[str, torch.Tensor]) -> list[int]:
-    pattern = re.compile(r"down_blocks\.(\d+)\.motion_modules\.0\.temporal_transformer\.norm\.weight")
-    found = {int(m.group(1)): v.shape[0] for k, v in state.items() if (m := pattern.fullmatch(k))}
-    return [found[i] for i in sorted(found)]
+    return list(motion_widths({k: v.shape for k, v in state.items()}))
 
 
 def _count(state: dict[str, torch.Tensor], pattern: str) -> int:
